@@ -1,0 +1,138 @@
+"""Prometheus metrics of the gateway, all prefixed ``protege_``.
+
+Each gateway owns a ``Metrics`` with its own registry (tests build as many as they like).
+Labels are bounded sets: the task label admits the configured tasks plus a limited number of
+others seen in traffic, then folds the rest into ``other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from 0.5 ms to 2 min: teacher calls span both ends.
+_LATENCY = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+# The gateway's own overhead is expected well under a millisecond.
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+OTHER_TASK = "other"
+
+
+class TaskLabels:
+    """Bounds the cardinality of the ``task`` label.
+
+    Configured tasks always keep their name; up to ``max_dynamic`` further names are admitted
+    as they are first seen, and every name after that is reported as ``other``.
+    """
+
+    def __init__(self, configured: Iterable[str], max_dynamic: int) -> None:
+        self._known = set(configured)
+        self._room = max_dynamic
+
+    def __call__(self, task: str) -> str:
+        if task in self._known:
+            return task
+        if self._room <= 0:
+            return OTHER_TASK
+        self._room -= 1
+        self._known.add(task)
+        return task
+
+
+class Metrics:
+    """Every collector the gateway exports, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "protege_requests",
+            "Requests answered, by task, backend, route and HTTP status.",
+            ["task", "backend", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "protege_request_duration_seconds",
+            "Time from request received to response complete.",
+            ["task", "backend", "route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "protege_gateway_overhead_seconds",
+            "Time the gateway itself adds to a request (total minus time waiting upstream).",
+            ["task"],
+            buckets=_OVERHEAD,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "protege_ttft_seconds",
+            "Time from request received to the first streamed byte sent to the client.",
+            ["task", "backend"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "protege_tokens",
+            "Tokens reported by the backend's usage, by kind (prompt or completion).",
+            ["task", "backend", "kind"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "protege_upstream_errors",
+            "Failed upstream calls, by backend and reason.",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "protege_upstream_retries",
+            "Upstream connection attempts retried after a connect failure.",
+            ["backend"],
+            registry=r,
+        )
+        self.incomplete_streams = Counter(
+            "protege_incomplete_streams",
+            "Streams that ended without completing, by reason.",
+            ["task", "reason"],
+            registry=r,
+        )
+        self.spool_records = Counter(
+            "protege_spool_records",
+            "Exchange records written to the spool.",
+            registry=r,
+        )
+        self.spool_written_bytes = Counter(
+            "protege_spool_written_bytes",
+            "Bytes of records written to the spool.",
+            registry=r,
+        )
+        self.spool_dropped = Counter(
+            "protege_spool_dropped",
+            "Exchange records not captured because the spool was full or failing, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.spool_torn = Counter(
+            "protege_spool_torn_records",
+            "Torn records cut from the tail of a segment left open by a crashed writer.",
+            registry=r,
+        )
+        self.spool_sealed = Counter(
+            "protege_spool_segments_sealed",
+            "Spool segments sealed and handed to the sidecar.",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "protege_spool_bytes",
+            "Bytes currently held in the spool directory (open and sealed segments).",
+            registry=r,
+        )
+        self.spool_full = Gauge(
+            "protege_spool_full",
+            "1 while the spool is at its cap, else 0.",
+            registry=r,
+        )
