@@ -2,6 +2,8 @@
 
     ProtegeError
     ├── ConfigError                 bad settings; start-up fails naming the key
+    ├── SpoolError                  the spool directory holds something it should not
+    │   └── CorruptSegment          a sealed segment fails its checks (.path, .offset, .reason)
     └── ApiError                    answered to the client as {"error": {...}} with .status
         ├── InvalidRequest          400 malformed JSON, missing model/messages, bad field
         ├── Unauthorized            401 missing or unknown gateway key
@@ -11,13 +13,17 @@
         └── UpstreamError           a backend failed before any byte reached the client
             ├── UpstreamUnreachable 502 connect failed (after retries) or the connection broke
             ├── UpstreamTimeout     504 no answer within the read timeout
-            └── UpstreamStatus      the backend's own 4xx/5xx, passed through as it came
+            └── UpstreamFailed      502 a 200 stream whose first event is an error
+
+A backend's own 4xx/5xx answer is not an error here: it is passed through as it came.
 
 Only this module knows the wire shape; the app has one handler that renders ``ApiError``.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,6 +35,20 @@ class ProtegeError(Exception):
 
 class ConfigError(ProtegeError):
     """Settings that cannot be used; the message names the key."""
+
+
+class SpoolError(ProtegeError):
+    """Something in the spool directory cannot be used as it is."""
+
+
+class CorruptSegment(SpoolError):
+    """A segment that should be whole is not: bad magic, a bad record or trailing bytes."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int, reason: str):
+        super().__init__(f"{os.fspath(path)}: {reason} at byte {offset}")
+        self.path = Path(path)
+        self.offset = offset
+        self.reason = reason
 
 
 class ApiError(ProtegeError):
@@ -90,6 +110,13 @@ class UpstreamUnreachable(UpstreamError):
     type = "upstream_error"
     code = "upstream_unreachable"
 
+    def __init__(
+        self, message: str, *, backend: str, code: str | None = None, retryable: bool = False
+    ):
+        super().__init__(message, backend=backend, code=code)
+        # True only when the request cannot have reached the upstream (the connect failed).
+        self.retryable = retryable
+
 
 class UpstreamTimeout(UpstreamError):
     status = 504
@@ -97,19 +124,12 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-class UpstreamStatus(UpstreamError):
-    """The backend answered an error status; its body is passed through untouched."""
+class UpstreamFailed(UpstreamError):
+    """The backend answered 200 but its stream opened with an error event."""
 
+    status = 502
     type = "upstream_error"
-
-    def __init__(self, status: int, raw_body: bytes, content_type: str, *, backend: str):
-        super().__init__(f"{backend} answered HTTP {status}", backend=backend)
-        self.status = status
-        self.raw_body = raw_body
-        self.content_type = content_type
-
-    def body(self) -> bytes:
-        return self.raw_body
+    code = "upstream_error"
 
 
 def error_body(
