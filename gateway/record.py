@@ -81,7 +81,6 @@ def records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
     """
     rows = list(records)
     columns = [
-        pa.array([row.get(name) for row in rows], type=SCHEMA.field(name).type)
-        for name in COLUMNS
+        pa.array([row.get(name) for row in rows], type=SCHEMA.field(name).type) for name in COLUMNS
     ]
     return pa.Table.from_arrays(columns, schema=SCHEMA)

@@ -1,0 +1,193 @@
+"""The gateway's HTTP surface: FastAPI app, lifespan-managed resources, one error boundary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gateway.auth import KeyCheck
+from gateway.capture import Exchange, RecordEncoder
+from gateway.config import GatewaySettings
+from gateway.errors import ApiError, ServiceUnavailable, UpstreamError, error_body
+from gateway.intake import ENDPOINTS, Intake
+from gateway.metrics import Metrics, TaskLabels
+from gateway.proxy import Capture, TeacherProxy
+from gateway.record import new_id
+from gateway.redact import Redactor
+from gateway.relay import stream
+from gateway.routes import RouteTable
+from gateway.spool import SpoolWriter
+from gateway.upstream import Upstream
+
+log = structlog.get_logger("gateway")
+
+_REQUEST_ID = "protege.request_id"
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, built once from the settings."""
+
+    settings: GatewaySettings
+    metrics: Metrics
+    intake: Intake
+    routes: RouteTable
+    teacher: Upstream
+    spool: SpoolWriter[Exchange]
+    proxy: TeacherProxy
+
+    @classmethod
+    def build(cls, settings: GatewaySettings, metrics: Metrics | None = None) -> Gateway:
+        metrics = metrics or Metrics()
+        routes = RouteTable(settings.routes)
+        t = settings.teacher
+        teacher = Upstream(
+            "teacher",
+            t.base_url,
+            api_key=t.api_key.get_secret_value() if t.api_key else None,
+            connect_timeout_s=t.connect_timeout_s,
+            read_timeout_s=t.read_timeout_s,
+            connect_retries=t.connect_retries,
+            max_connections=t.max_connections,
+            metrics=metrics,
+        )
+        encoder = RecordEncoder(Redactor.from_config(settings.redaction), metrics)
+        spool: SpoolWriter[Exchange] = SpoolWriter(settings.spool, encoder, metrics)
+        intake = Intake(
+            KeyCheck(k.get_secret_value() for k in settings.api_keys),
+            routes,
+            TaskLabels(routes.tasks, settings.metrics.max_dynamic_tasks),
+            settings.hash_salt.get_secret_value().encode(),
+            settings.max_body_bytes,
+        )
+        capture = Capture(spool, metrics, settings.logging.access_log)
+        proxy = TeacherProxy(teacher, capture, metrics)
+        return cls(settings, metrics, intake, routes, teacher, spool, proxy)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.spool.start)
+        await self.teacher.start()
+        if not self.settings.api_keys:
+            log.warning("no gateway API keys configured: any client is accepted")
+        log.info(
+            "gateway started",
+            teacher=self.teacher.base_url,
+            spool=str(self.settings.spool.dir),
+            routes=self.routes.aliases,
+        )
+
+    async def stop(self) -> None:
+        await self.teacher.aclose()
+        await self.spool.aclose()
+        log.info("gateway stopped")
+
+
+def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> FastAPI:
+    gw = Gateway.build(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(title="Protégé gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gw
+    _add_error_handlers(app)
+    _add_routes(app, gw)
+    return app
+
+
+def _add_routes(app: FastAPI, gw: Gateway) -> None:
+    async def forward(request: Request, path: str) -> Response:
+        request_id = new_id()
+        request.scope[_REQUEST_ID] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        inc = await gw.intake.admit(request, path, request_id)
+        structlog.contextvars.bind_contextvars(task=inc.task)
+        if gw.settings.spool.on_full == "reject" and gw.spool.full:
+            raise ServiceUnavailable("the capture spool is full; try again shortly")
+        if inc.stream:
+            return await stream(gw.proxy, inc)
+        return await gw.proxy.unary(inc)
+
+    for path in ENDPOINTS:
+        app.add_api_route(f"/v1{path}", _endpoint(forward, path), methods=["POST"])
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        gw.intake.authorize(request)
+        data = [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "protege"}
+            for alias in gw.routes.aliases
+        ]
+        seen = set(gw.routes.aliases)
+        try:
+            async with gw.teacher.request("GET", "/models") as resp:
+                body = await gw.teacher.read(resp)
+            listed = orjson.loads(body).get("data", []) if resp.status == 200 else []
+            data += [m for m in listed if isinstance(m, dict) and m.get("id") not in seen]
+        except (UpstreamError, orjson.JSONDecodeError, AttributeError) as exc:
+            log.warning("teacher model list unavailable", error=str(exc))
+        return Response(
+            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if gw.settings.spool.on_full == "reject" and gw.spool.full:
+            return Response(b'{"status":"spool full"}', 503, media_type="application/json")
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _endpoint(
+    forward: Callable[[Request, str], Awaitable[Response]], path: str
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint for ``path`` with the one parameter FastAPI should inject: the request."""
+
+    async def endpoint(request: Request) -> Response:
+        return await forward(request, path)
+
+    endpoint.__name__ = "forward_" + path.strip("/").replace("/", "_")
+    return endpoint
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def headers(request: Request) -> dict[str, str]:
+        rid = request.scope.get(_REQUEST_ID)
+        return {"x-protege-request-id": rid} if rid else {}
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return Response(exc.body(), exc.status, headers(request), media_type="application/json")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else None
+        body = error_body(str(exc.detail), "invalid_request_error", None, code)
+        return Response(body, exc.status_code, headers(request), media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=exc)
+        body = error_body("internal gateway error", "server_error", None, None)
+        return Response(body, 500, headers(request), media_type="application/json")

@@ -1,0 +1,122 @@
+"""From a finished exchange to its record: what the gateway hands the spool, and how it is encoded.
+
+The request path only fills an ``Exchange`` (cheap: references to bytes it already holds). The
+spool writer thread calls ``encode`` on it, which assembles streams, reads usage, redacts and
+serializes — all the costly work, away from the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.metrics import Metrics
+from gateway.record import SCHEMA_VERSION
+from gateway.redact import Redact
+from gateway.sse import assemble, json_member
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request the gateway answered, as raw as it came."""
+
+    request_id: str
+    ts_us: int
+    task: str
+    endpoint: str
+    request: bytes
+    stream: bool
+    backend: str = "teacher"
+    route: str = "teacher"
+    adapter: str | None = None
+    shadow_of: str | None = None
+    status: int = 0
+    # The whole body for plain answers; the raw SSE bytes for streams.
+    response: bytes | None = None
+    complete: bool = False
+    error: str | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    client: str | None = None
+    user: str | None = None
+    metrics_task: str = field(default="", repr=False)
+
+
+def hash_id(value: str, salt: bytes) -> str:
+    """A stable, non-reversible 16-hex-digit id for an API key or user name."""
+    return hashlib.blake2b(value.encode(), key=salt[:64], digest_size=8).hexdigest()
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+class RecordEncoder:
+    """``Exchange -> bytes`` (one JSON record of the schema in ``gateway.record``)."""
+
+    def __init__(self, redact: Redact, metrics: Metrics) -> None:
+        self._redact = redact
+        self._metrics = metrics
+
+    def __call__(self, ex: Exchange) -> bytes:
+        response, usage, complete, error = self._response(ex)
+        prompt_tokens = _int(usage, "prompt_tokens")
+        completion_tokens = _int(usage, "completion_tokens")
+        if ex.status == 200:
+            self._count_tokens(ex, prompt_tokens, completion_tokens)
+        record = {
+            "request_id": ex.request_id,
+            "schema_version": SCHEMA_VERSION,
+            "ts": ex.ts_us,
+            "task": ex.task,
+            "endpoint": ex.endpoint,
+            "backend": ex.backend,
+            "adapter": ex.adapter,
+            "route": ex.route,
+            "shadow_of": ex.shadow_of,
+            "stream": ex.stream,
+            "complete": complete,
+            "status": ex.status,
+            "error": error,
+            "request": self._redact(_text(ex.request)),
+            "response": None if response is None else self._redact(response),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "latency_ms": round(ex.latency_ms, 3),
+            "ttft_ms": None if ex.ttft_ms is None else round(ex.ttft_ms, 3),
+            "client": ex.client,
+            "user": ex.user,
+        }
+        return orjson.dumps(record)
+
+    def _response(self, ex: Exchange) -> tuple[str | None, Any, bool, str | None]:
+        """(response text, usage, complete, error) of the exchange."""
+        if ex.response is None:
+            return None, None, False, ex.error
+        if not ex.stream or ex.status != 200:
+            usage = json_member(ex.response, "usage") if ex.status == 200 else None
+            return _text(ex.response), usage, ex.complete, ex.error
+        stream = assemble(ex.response, ex.endpoint)
+        complete = ex.complete and stream.done and stream.error is None
+        error = ex.error
+        if error is None and stream.error is not None:
+            error = _text(orjson.dumps(stream.error))
+        if error is None and not stream.done:
+            error = "stream ended without [DONE]"
+        text = None if stream.response is None else _text(orjson.dumps(stream.response))
+        return text, stream.usage, complete, error
+
+    def _count_tokens(self, ex: Exchange, prompt: int | None, completion: int | None) -> None:
+        task = ex.metrics_task or ex.task
+        if prompt:
+            self._metrics.tokens.labels(task, ex.backend, "prompt").inc(prompt)
+        if completion:
+            self._metrics.tokens.labels(task, ex.backend, "completion").inc(completion)
+
+
+def _int(usage: Any, key: str) -> int | None:
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

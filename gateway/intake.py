@@ -1,0 +1,144 @@
+"""Admitting a client request: body, key, JSON, required fields, task.
+
+Everything here happens before the gateway spends anything upstream; every refusal is an
+``ApiError`` the app renders in the OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.auth import KeyCheck, bearer
+from gateway.capture import Exchange, hash_id
+from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.metrics import TaskLabels
+from gateway.routes import RouteTable
+
+# path under /v1 -> (endpoint name, fields a request must carry besides "model")
+ENDPOINTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "/chat/completions": ("chat.completions", ("messages",)),
+    "/completions": ("completions", ("prompt",)),
+    "/embeddings": ("embeddings", ("input",)),
+}
+
+TASK_HEADER = "x-protege-task"
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A request admitted for forwarding."""
+
+    request_id: str
+    started: float  # perf_counter at arrival
+    path: str
+    endpoint: str
+    body: bytes  # as the client sent it
+    payload: bytes  # as the upstream gets it (the model alias resolved)
+    stream: bool
+    task: str
+    metrics_task: str
+    client: str | None
+    user: str | None
+
+    def exchange(self) -> Exchange:
+        return Exchange(
+            request_id=self.request_id,
+            ts_us=time.time_ns() // 1000,
+            task=self.task,
+            endpoint=self.endpoint,
+            request=self.body,
+            stream=self.stream,
+            client=self.client,
+            user=self.user,
+            metrics_task=self.metrics_task,
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def parse(body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object of the body, with ``model`` and the endpoint's required fields."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    model = obj.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    for name in required:
+        if obj.get(name) is None:
+            raise InvalidRequest(f"missing required parameter: '{name}'", param=name)
+    if "messages" in required and not (isinstance(obj["messages"], list) and obj["messages"]):
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    if "stream" in obj and not isinstance(obj["stream"], bool | None):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    return obj
+
+
+class Intake:
+    """Turns an HTTP request into an ``Incoming``, or refuses it."""
+
+    def __init__(
+        self,
+        keys: KeyCheck,
+        routes: RouteTable,
+        task_labels: TaskLabels,
+        salt: bytes,
+        max_body_bytes: int,
+    ) -> None:
+        self._keys = keys
+        self._routes = routes
+        self._task_labels = task_labels
+        self._salt = salt
+        self._limit = max_body_bytes
+
+    def authorize(self, request: Request) -> str | None:
+        """The caller's bearer token, once accepted."""
+        token = bearer(request.headers.get("authorization"))
+        self._keys.check(token)
+        return token
+
+    async def admit(self, request: Request, path: str, request_id: str) -> Incoming:
+        started = time.perf_counter()
+        token = self.authorize(request)
+        endpoint, required = ENDPOINTS[path]
+        body = await read_body(request, self._limit)
+        obj = parse(body, required)
+        resolved = self._routes.resolve(obj["model"], request.headers.get(TASK_HEADER))
+        payload = body
+        if resolved.teacher_model is not None and resolved.teacher_model != obj["model"]:
+            payload = orjson.dumps({**obj, "model": resolved.teacher_model})
+        user = obj.get("user")
+        return Incoming(
+            request_id=request_id,
+            started=started,
+            path=path,
+            endpoint=endpoint,
+            body=body,
+            payload=payload,
+            stream=obj.get("stream") is True,
+            task=resolved.task,
+            metrics_task=self._task_labels(resolved.task),
+            client=hash_id(token, self._salt) if token else None,
+            user=hash_id(user, self._salt) if isinstance(user, str) and user else None,
+        )

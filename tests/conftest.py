@@ -1,0 +1,84 @@
+"""Shared fixtures: a fake teacher and a gateway, each a real server on a loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import GatewaySettings, load_settings
+from gateway.metrics import Metrics
+from tests.fake_teacher import FakeTeacher, wait_for
+
+
+class RunningGateway:
+    """The gateway app served by uvicorn in a background thread."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.app = create_app(settings, self.metrics)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, http="httptools", lifespan="on", log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RunningGateway:
+        self._thread.start()
+        if not wait_for(lambda: self.server.started, 10):
+            raise RuntimeError("gateway did not start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+def teacher() -> Iterator[FakeTeacher]:
+    fake = FakeTeacher().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, teacher: FakeTeacher) -> Iterator[Callable[..., RunningGateway]]:
+    started: list[RunningGateway] = []
+
+    def make(**overrides: Any) -> RunningGateway:
+        env = {
+            "PROTEGE_TEACHER_BASE_URL": teacher.base_url,
+            "PROTEGE_TEACHER_API_KEY": "teacher-secret",
+            "PROTEGE_SPOOL_DIR": str(tmp_path / "spool"),
+        }
+        settings = load_settings(env=env, **overrides)
+        gw = RunningGateway(settings).start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return make_gateway()

@@ -1,0 +1,15 @@
+"""Reading back what a gateway spooled, for assertions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.segment import iter_records, sealed_segments
+
+
+def spooled_records(spool_dir: Path) -> list[dict[str, Any]]:
+    """Every record in the sealed segments of ``spool_dir``, oldest first."""
+    return [orjson.loads(p) for seg in sealed_segments(spool_dir) for p in iter_records(seg)]

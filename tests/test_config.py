@@ -1,0 +1,83 @@
+"""Settings: defaults, file and environment precedence, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_settings
+from gateway.errors import ConfigError
+
+
+def test_defaults_are_usable() -> None:
+    """With nothing configured the gateway has working embedded defaults."""
+    s = load_settings(env={})
+    assert (s.server.host, s.server.port) == ("127.0.0.1", 8080)
+    assert str(s.spool.dir) == ".protege/spool" and s.store == "file://.protege/store"
+    assert s.api_keys == ()
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    """PROTEGE_* variables override the YAML file, which overrides the defaults."""
+    f = tmp_path / "c.yaml"
+    f.write_text("teacher:\n  base_url: http://file:1/v1\n  read_timeout_s: 9\nstore: s3://bkt/p\n")
+    env = {
+        "PROTEGE_TEACHER_BASE_URL": "http://env:2/v1/",
+        "PROTEGE_TEACHER_API_KEY": "sk-env",
+        "PROTEGE_API_KEYS": "a, b,,",
+        "PROTEGE_SPOOL_DIR": "/var/spool/p",
+    }
+    s = load_settings(f, env=env)
+    assert s.teacher.base_url == "http://env:2/v1" and s.teacher.read_timeout_s == 9
+    assert s.teacher.api_key is not None and s.teacher.api_key.get_secret_value() == "sk-env"
+    assert [k.get_secret_value() for k in s.api_keys] == ["a", "b"]
+    assert str(s.spool.dir) == "/var/spool/p" and s.store == "s3://bkt/p"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"routes": [{"alias": "a", "task": "ok"}, {"alias": "b", "task": "no spaces"}]},
+            "config: routes[1].task must match pattern",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "x"}, {"alias": "a", "task": "y"}]},
+            "config: routes alias 'a' is defined twice",
+        ),
+        ({"spool": {"on_full": "explode"}}, "config: spool.on_full must be 'drop' or 'reject'"),
+        (
+            {"teacher": {"base_url": "localhost:8000"}},
+            "config: teacher.base_url must be an http(s) URL",
+        ),
+        ({"store": "gs://bucket"}, "config: store must be file://DIR or s3://bucket"),
+        ({"teacher": {"timeout": 3}}, "config: teacher.timeout is not a known setting"),
+        (
+            {"redaction": {"rules": [{"name": "r", "pattern": "("}]}},
+            "config: redaction.rules[0].pattern is not a valid regular expression",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(overrides: dict[str, object], message: str) -> None:
+    """Each bad value fails with a message that starts with the key's path."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}, **overrides)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_secrets_are_not_echoed() -> None:
+    """A bad secret value is not printed back in the error."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}, teacher={"api_key": ["sk-live-should-not-print"]})
+    assert "sk-live" not in str(info.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    """A missing file or invalid YAML is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad, env={})
