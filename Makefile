@@ -1,0 +1,34 @@
+# Two entry points, both self-installing into ./.venv:
+#   make up    install Protégé and run the main job (gateway + sidecar, embedded defaults)
+#   make test  install Protégé with its test tools and run the whole test suite
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: up test lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.core
+
+up: $(VENV)/.core
+	$(BIN)/protege up
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check gateway sidecar trainer protege tests loadtests
+	$(BIN)/mypy gateway sidecar
+
+bench: $(VENV)/.dev
+	$(BIN)/python loadtests/gateway_overhead.py
