@@ -15,7 +15,7 @@ import orjson
 
 from gateway.metrics import Metrics
 from gateway.record import SCHEMA_VERSION
-from gateway.redact import Redact
+from gateway.redact import Redactor
 from gateway.sse import assemble, json_member
 
 
@@ -57,8 +57,8 @@ def _text(data: bytes) -> str:
 class RecordEncoder:
     """``Exchange -> bytes`` (one JSON record of the schema in ``gateway.record``)."""
 
-    def __init__(self, redact: Redact, metrics: Metrics) -> None:
-        self._redact = redact
+    def __init__(self, redactor: Redactor, metrics: Metrics) -> None:
+        self._redactor = redactor
         self._metrics = metrics
 
     def __call__(self, ex: Exchange) -> bytes:
@@ -81,8 +81,8 @@ class RecordEncoder:
             "complete": complete,
             "status": ex.status,
             "error": error,
-            "request": self._redact(_text(ex.request)),
-            "response": None if response is None else self._redact(response),
+            "request": _text(self._redactor.json(ex.request)),
+            "response": None if response is None else _text(self._redactor.json(response)),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "latency_ms": round(ex.latency_ms, 3),
@@ -92,13 +92,13 @@ class RecordEncoder:
         }
         return orjson.dumps(record)
 
-    def _response(self, ex: Exchange) -> tuple[str | None, Any, bool, str | None]:
-        """(response text, usage, complete, error) of the exchange."""
+    def _response(self, ex: Exchange) -> tuple[bytes | None, Any, bool, str | None]:
+        """(response JSON, usage, complete, error) of the exchange."""
         if ex.response is None:
             return None, None, False, ex.error
         if not ex.stream or ex.status != 200:
             usage = json_member(ex.response, "usage") if ex.status == 200 else None
-            return _text(ex.response), usage, ex.complete, ex.error
+            return ex.response, usage, ex.complete, ex.error
         stream = assemble(ex.response, ex.endpoint)
         complete = ex.complete and stream.done and stream.error is None
         error = ex.error
@@ -106,8 +106,8 @@ class RecordEncoder:
             error = _text(orjson.dumps(stream.error))
         if error is None and not stream.done:
             error = "stream ended without [DONE]"
-        text = None if stream.response is None else _text(orjson.dumps(stream.response))
-        return text, stream.usage, complete, error
+        body = None if stream.response is None else orjson.dumps(stream.response)
+        return body, stream.usage, complete, error
 
     def _count_tokens(self, ex: Exchange, prompt: int | None, completion: int | None) -> None:
         task = ex.metrics_task or ex.task

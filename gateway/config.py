@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import re2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -63,7 +64,7 @@ class RouteConfig(_Model):
 
 
 class RedactionRule(_Model):
-    """A regular expression whose matches are replaced in logged text (never in live answers)."""
+    """A pattern (RE2 syntax) whose matches are replaced in logged text, never in live answers."""
 
     name: str = Field(min_length=1)
     pattern: str = Field(min_length=1)
@@ -73,9 +74,10 @@ class RedactionRule(_Model):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"is not a valid regular expression ({exc})") from exc
+            re2.compile(value)
+        except re2.error as exc:
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+            raise ValueError(f"is not a valid RE2 pattern ({reason})") from exc
         return value
 
 

@@ -55,7 +55,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"teacher": {"timeout": 3}}, "config: teacher.timeout is not a known setting"),
         (
             {"redaction": {"rules": [{"name": "r", "pattern": "("}]}},
-            "config: redaction.rules[0].pattern is not a valid regular expression",
+            "config: redaction.rules[0].pattern is not a valid RE2 pattern",
         ),
     ],
 )
