@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from gateway.asgi import REQUEST_ID, FastLane, error_response, json_response
 from gateway.auth import KeyCheck
 from gateway.capture import Exchange, RecordEncoder
 from gateway.config import GatewaySettings
@@ -29,8 +30,6 @@ from gateway.spool import SpoolWriter
 from gateway.upstream import Upstream
 
 log = structlog.get_logger("gateway")
-
-_REQUEST_ID = "protege.request_id"
 
 
 @dataclass
@@ -90,8 +89,22 @@ class Gateway:
         await self.spool.aclose()
         log.info("gateway stopped")
 
+    async def forward(self, request: Request, path: str) -> Response:
+        """Serve one request to a forwarding endpoint (``path`` is a key of ``ENDPOINTS``)."""
+        request_id = new_id()
+        request.scope[REQUEST_ID] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        inc = await self.intake.admit(request, path, request_id)
+        structlog.contextvars.bind_contextvars(task=inc.task)
+        if self.settings.spool.on_full == "reject" and self.spool.full:
+            raise ServiceUnavailable("the capture spool is full; try again shortly")
+        if inc.stream:
+            return await stream(self.proxy, inc)
+        return await self.proxy.unary(inc)
 
-def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> FastAPI:
+
+def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> FastLane:
+    """The gateway as an ASGI app: FastAPI, fronted by the fast lane for forwarded requests."""
     gw = Gateway.build(settings, metrics)
 
     @asynccontextmanager
@@ -106,24 +119,13 @@ def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Fas
     app.state.gateway = gw
     _add_error_handlers(app)
     _add_routes(app, gw)
-    return app
+    return FastLane(app, gw.forward, {f"/v1{path}": path for path in ENDPOINTS})
 
 
 def _add_routes(app: FastAPI, gw: Gateway) -> None:
-    async def forward(request: Request, path: str) -> Response:
-        request_id = new_id()
-        request.scope[_REQUEST_ID] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        inc = await gw.intake.admit(request, path, request_id)
-        structlog.contextvars.bind_contextvars(task=inc.task)
-        if gw.settings.spool.on_full == "reject" and gw.spool.full:
-            raise ServiceUnavailable("the capture spool is full; try again shortly")
-        if inc.stream:
-            return await stream(gw.proxy, inc)
-        return await gw.proxy.unary(inc)
-
+    # Registered so that the OpenAPI schema lists them; FastLane serves them in production.
     for path in ENDPOINTS:
-        app.add_api_route(f"/v1{path}", _endpoint(forward, path), methods=["POST"])
+        app.add_api_route(f"/v1{path}", _endpoint(gw.forward, path), methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -172,22 +174,16 @@ def _endpoint(
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def headers(request: Request) -> dict[str, str]:
-        rid = request.scope.get(_REQUEST_ID)
-        return {"x-protege-request-id": rid} if rid else {}
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return Response(exc.body(), exc.status, headers(request), media_type="application/json")
+        return error_response(exc, request.scope)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else None
         body = error_body(str(exc.detail), "invalid_request_error", None, code)
-        return Response(body, exc.status_code, headers(request), media_type="application/json")
+        return json_response(body, exc.status_code, request.scope)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc)
-        body = error_body("internal gateway error", "server_error", None, None)
-        return Response(body, 500, headers(request), media_type="application/json")
+        return error_response(exc, request.scope)

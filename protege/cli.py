@@ -37,6 +37,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
         http="httptools",
         access_log=False,
         server_header=False,
+        proxy_headers=False,
         log_level="warning",
         timeout_graceful_shutdown=30,
     )
