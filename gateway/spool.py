@@ -68,7 +68,8 @@ class SpoolWriter(Generic[T]):
 
     ``encode`` turns a submitted item into the record's bytes, on the writer thread. The thread
     writes whatever is queued with one ``os.write`` (then fsyncs when fsync is ``always``) and
-    resolves that batch's futures with one callback into the event loop.
+    resolves that batch's futures with one callback into the event loop. A second thread, the
+    finisher, does the interval fsyncs and the sealing, so a slow disk never holds up a write.
     """
 
     def __init__(
@@ -94,6 +95,10 @@ class SpoolWriter(Generic[T]):
         self._dropped_full = metrics.spool_dropped.labels(reason="spool_full")
         self._dropped_encode = metrics.spool_dropped.labels(reason="encode_error")
         self._dropped_write = metrics.spool_dropped.labels(reason="write_error")
+        self._finisher: queue.SimpleQueue[tuple[str, _Segment] | None] = queue.SimpleQueue()
+        self._finisher_thread = threading.Thread(
+            target=self._finish, name="protege-spool-finisher", daemon=True
+        )
 
     def start(self) -> None:
         """Recovers orphaned ``.open`` segments, then starts the writer thread."""
@@ -103,6 +108,7 @@ class SpoolWriter(Generic[T]):
         recover_orphans(self._dir, self._metrics)
         self._rescan()
         self._thread = threading.Thread(target=self._run, name="protege-spool", daemon=True)
+        self._finisher_thread.start()
         self._thread.start()
 
     @property
@@ -129,8 +135,10 @@ class SpoolWriter(Generic[T]):
                 self._queue.put(None)
             self._closed = True
         if self._thread is not None:
+            deadline = time.monotonic() + timeout
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            self._finisher_thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive() or self._finisher_thread.is_alive():
                 log.error("spool_close_timed_out", timeout_s=timeout, dir=str(self._dir))
 
     async def aclose(self) -> None:
@@ -156,6 +164,7 @@ class SpoolWriter(Generic[T]):
             late, _ = self._drain([])
         self._guarded(self._write_batch, late)
         self._guarded(self._seal)
+        self._finisher.put(None)
 
     def _guarded(self, step: Callable[..., None], *args: object) -> None:
         try:
@@ -202,7 +211,8 @@ class SpoolWriter(Generic[T]):
         elif (
             seg.unsynced and cfg.fsync == "interval" and now >= seg.synced_at + cfg.fsync_interval_s
         ):
-            self._sync(seg)
+            seg.synced_at, seg.unsynced = now, False
+            self._finisher.put(("sync", seg))
 
     def _write_batch(self, batch: list[_Entry[T]]) -> None:
         if not batch:
@@ -286,11 +296,22 @@ class SpoolWriter(Generic[T]):
         os.fsync(seg.fd)
         seg.unsynced = False
 
-    def _seal(self) -> None:
-        """Seals the open segment, or removes it if it holds no record; the next opens lazily."""
-        seg, self._segment = self._segment, None
-        if seg is None:
-            return
+    # Everything below runs on the finisher thread: fsyncs by interval and seals, so that a
+    # slow disk delays neither the writer nor the acknowledgements it sends.
+
+    def _finish(self) -> None:
+        while (job := self._finisher.get()) is not None:
+            kind, seg = job
+            if kind == "sync":
+                try:
+                    os.fsync(seg.fd)
+                except OSError:
+                    log.exception("spool_fsync_failed", path=str(seg.path))
+            else:
+                self._seal_now(seg)
+
+    def _seal_now(self, seg: _Segment) -> None:
+        """fsync, rename .open to .seg, fsync the directory; an empty segment is removed."""
         try:
             if seg.records == 0:
                 os.unlink(seg.path)
@@ -303,7 +324,12 @@ class SpoolWriter(Generic[T]):
             log.exception("spool_seal_failed_left_for_recovery", path=str(seg.path))
         finally:
             os.close(seg.fd)  # releases the flock, after the rename
-        self._rescan()
+
+    def _seal(self) -> None:
+        """Hands the open segment to the finisher to seal; the next one opens lazily."""
+        seg, self._segment = self._segment, None
+        if seg is not None:
+            self._finisher.put(("seal", seg))
 
     def _abandon(self, seg: _Segment) -> None:
         """After a failed write: cut the partial batch off, then seal the good records."""
