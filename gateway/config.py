@@ -18,15 +18,33 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import re2
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from gateway.errors import ConfigError
 
 _SECRET_KEYS = re.compile(r"key|token|secret|password", re.IGNORECASE)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _check_store_uri(value: str) -> str:
+    if not re.match(r"^(file://.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$", value):
+        raise ValueError("must be file://DIR or s3://bucket[/prefix]")
+    return value
+
+
+StoreUri = Annotated[str, AfterValidator(_check_store_uri)]
 
 
 class _Model(BaseModel):
@@ -141,7 +159,7 @@ class GatewaySettings(_Model):
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     # Where the sidecar ships records: file://DIR or s3://bucket/prefix.
-    store: str = "file://.protege/store"
+    store: StoreUri = "file://.protege/store"
 
     @field_validator("routes")
     @classmethod
@@ -152,13 +170,6 @@ class GatewaySettings(_Model):
                 raise ValueError(f"alias {route.alias!r} is defined twice")
             seen.add(route.alias)
         return routes
-
-    @field_validator("store")
-    @classmethod
-    def _store_uri(cls, value: str) -> str:
-        if not re.match(r"^(file://.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$", value):
-            raise ValueError("must be file://DIR or s3://bucket[/prefix]")
-        return value
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -210,12 +221,12 @@ def describe(exc: ValidationError) -> str:
     return f"config: {path} {msg[:1].lower()}{msg[1:]}, got {shown}"
 
 
-def load_settings(
-    path: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    **overrides: Any,
-) -> GatewaySettings:
-    """Settings from the YAML file at ``path`` (optional), the environment and ``overrides``."""
+def gather(
+    path: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The raw settings: the YAML file at ``path`` (optional) < environment < ``overrides``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -228,8 +239,28 @@ def load_settings(
             raise ConfigError(f"config: {path} must hold a mapping at the top level")
         data = loaded or {}
     data = _merge(data, _env_overrides(os.environ if env is None else env))
-    data = _merge(data, overrides)
+    return _merge(data, overrides)
+
+
+def validate(model: type[M], data: Mapping[str, Any]) -> M:
+    """``data`` as a ``model``, or a ``ConfigError`` naming the first bad key."""
     try:
-        return GatewaySettings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from exc
+
+
+# Sections of the shared config file that belong to other services.
+_OTHER_SERVICES = ("sidecar",)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> GatewaySettings:
+    """The gateway's settings from the YAML file at ``path``, the environment and ``overrides``."""
+    data = gather(path, env, overrides)
+    for section in _OTHER_SERVICES:
+        data.pop(section, None)
+    return validate(GatewaySettings, data)

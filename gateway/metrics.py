@@ -43,6 +43,21 @@ class TaskLabels:
         return task
 
 
+def recovery_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """(torn records, sealed segments): kept by every process that writes or recovers spool."""
+    torn = Counter(
+        "protege_spool_torn_records",
+        "Torn records cut from the tail of a segment left open by a crashed writer.",
+        registry=registry,
+    )
+    sealed = Counter(
+        "protege_spool_segments_sealed",
+        "Spool segments sealed and handed to the sidecar.",
+        registry=registry,
+    )
+    return torn, sealed
+
+
 class Metrics:
     """Every collector the gateway exports, registered in one registry."""
 
@@ -116,16 +131,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.spool_torn = Counter(
-            "protege_spool_torn_records",
-            "Torn records cut from the tail of a segment left open by a crashed writer.",
-            registry=r,
-        )
-        self.spool_sealed = Counter(
-            "protege_spool_segments_sealed",
-            "Spool segments sealed and handed to the sidecar.",
-            registry=r,
-        )
+        self.spool_torn, self.spool_sealed = recovery_counters(r)
         self.spool_bytes = Gauge(
             "protege_spool_bytes",
             "Bytes currently held in the spool directory (open and sealed segments).",

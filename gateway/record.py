@@ -69,6 +69,14 @@ def new_id(now_ms: int | None = None) -> str:
     return "".join(reversed(chars))
 
 
+def id_time_ms(request_id: str) -> int:
+    """The creation time, in milliseconds since the epoch, encoded in an id from ``new_id``."""
+    value = 0
+    for ch in request_id[:10]:
+        value = value * 32 + _CROCKFORD.index(ch)
+    return value
+
+
 def missing_columns(record: Mapping[str, Any]) -> list[str]:
     """Columns the schema requires (non-nullable) that the record lacks or sets to null."""
     return [f.name for f in SCHEMA if not f.nullable and record.get(f.name) is None]

@@ -26,12 +26,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 import structlog
+from prometheus_client import Counter
 
 from gateway.errors import CorruptSegment
-from gateway.metrics import Metrics
 
 MAGIC: Final = b"PRTGSPL1"
 HEADER: Final = struct.Struct("<II")  # payload length, zlib.crc32 of the payload
@@ -170,7 +170,16 @@ def is_at(path: Path, fd: int) -> bool:
         return False
 
 
-def recover_orphans(directory: StrPath, metrics: Metrics) -> int:
+class SealCounters(Protocol):
+    """The two counters recovery keeps (the gateway's and the sidecar's metrics both have)."""
+
+    @property
+    def spool_torn(self) -> Counter: ...
+    @property
+    def spool_sealed(self) -> Counter: ...
+
+
+def recover_orphans(directory: StrPath, metrics: SealCounters) -> int:
     """Cuts the torn tail of, then seals, every ``.open`` segment whose writer is gone.
 
     An orphan without a good record is removed. Returns how many were sealed or removed.
@@ -193,7 +202,7 @@ def recover_orphans(directory: StrPath, metrics: Metrics) -> int:
     return done
 
 
-def _recover(path: Path, fd: int, metrics: Metrics) -> int:
+def _recover(path: Path, fd: int, metrics: SealCounters) -> int:
     with open(fd, "rb", buffering=_READ_BUFFER, closefd=False) as file:
         scan = _scan(file)
     if scan.problem == BAD_MAGIC:

@@ -82,3 +82,11 @@ def make_gateway(tmp_path: Path, teacher: FakeTeacher) -> Iterator[Callable[...,
 @pytest.fixture
 def gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return make_gateway()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_servers() -> None:
+    """moto's server logs every request; tests only want its warnings."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
