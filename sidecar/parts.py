@@ -1,0 +1,107 @@
+"""Spool segment -> Parquet parts, one per (task, date, hour) partition the segment touches.
+
+Streams the segment record by record and writes each partition's rows in row groups as they
+fill, so memory stays flat however large the segment or the backlog: at most one batch of rows
+per open partition is held at a time. Blocking work (file I/O, JSON decoding, Parquet encoding):
+run it on a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gateway.errors import CorruptSegment
+from gateway.record import SCHEMA, records_to_table
+from gateway.segment import iter_records
+from sidecar.layout import Partition, part_key, partition_of
+
+COMPRESSION: Final = "zstd"
+ROWS_PER_BATCH: Final = 2048  # rows buffered per partition before they become a row group
+
+
+def parquet_writer(path: Path) -> pq.ParquetWriter:
+    """A writer of the exchange schema with the store's encoding settings."""
+    return pq.ParquetWriter(path, SCHEMA, compression=COMPRESSION, write_statistics=True)
+
+
+@dataclass
+class Part:
+    """One Parquet file made from a segment, ready to upload under ``key``."""
+
+    partition: Partition
+    key: str
+    path: Path
+    records: int = 0
+
+
+@dataclass
+class _Open:
+    part: Part
+    writer: pq.ParquetWriter
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def flush(self, segment: Path) -> None:
+        if not self.rows:
+            return
+        try:
+            table = records_to_table(self.rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise CorruptSegment(segment, -1, f"a record does not fit the schema: {exc}") from exc
+        self.writer.write_table(table)
+        self.part.records += len(self.rows)
+        self.rows = []
+
+
+def segment_to_parts(
+    segment: Path,
+    workdir: Path,
+    *,
+    on_record: Callable[[int], None] | None = None,
+    rows_per_batch: int = ROWS_PER_BATCH,
+) -> list[Part]:
+    """Parquet parts of ``segment``, written under ``workdir``, keyed by the segment's id.
+
+    Raises ``CorruptSegment`` (after writing nothing usable) when the segment is damaged or a
+    record is not a JSON object with a task and a timestamp.
+    """
+    segment_id = segment.stem
+    open_parts: dict[Partition, _Open] = {}
+    try:
+        for payload in iter_records(segment):
+            record = _decode(segment, payload)
+            partition = partition_of(record["task"], record["ts"])
+            current = open_parts.get(partition)
+            if current is None:
+                path = workdir / f"{segment_id}.{len(open_parts)}.parquet"
+                part = Part(partition, part_key(partition, segment_id), path)
+                current = open_parts[partition] = _Open(part, parquet_writer(path))
+            current.rows.append(record)
+            if len(current.rows) >= rows_per_batch:
+                current.flush(segment)
+            if on_record is not None:
+                on_record(len(payload))
+        for current in open_parts.values():
+            current.flush(segment)
+    finally:
+        for current in open_parts.values():
+            current.writer.close()
+    return [o.part for o in open_parts.values()]
+
+
+def _decode(segment: Path, payload: bytes) -> dict[str, Any]:
+    try:
+        record = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptSegment(segment, -1, f"a record is not JSON: {exc}") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("task"), str):
+        raise CorruptSegment(segment, -1, "a record has no task")
+    if not isinstance(record.get("ts"), int):
+        raise CorruptSegment(segment, -1, "a record has no integer ts")
+    return record
