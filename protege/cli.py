@@ -5,14 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.errors import ConfigError
-
-
-def _gateway_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML settings file (environment overrides it)")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
@@ -44,18 +39,72 @@ def _run_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sidecar(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from gateway.logs import configure
+    from sidecar.config import load_sidecar_settings
+    from sidecar.service import run
+
+    settings = load_sidecar_settings(args.config)
+    configure(settings.logging.level)
+    return uvloop.run(run(settings, once=args.once))
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from protege.up import supervise
+
+    common = ["--config", args.config] if args.config else []
+    gateway = [*common]
+    if args.host:
+        gateway += ["--host", args.host]
+    if args.port:
+        gateway += ["--port", str(args.port)]
+    return supervise({"gateway": ["gateway", *gateway], "sidecar": ["sidecar", *common]})
+
+
+def _run_reconcile(args: argparse.Namespace) -> int:
+    from sidecar.config import load_sidecar_settings
+    from sidecar.read import count_exchanges
+    from sidecar.reconcile import Reconciliation, fetch_gateway_counts, spooled_records
+
+    settings = load_sidecar_settings(args.config, **({"store": args.store} if args.store else {}))
+    answered, dropped = fetch_gateway_counts(args.gateway, args.task)
+    spooled = 0 if args.task else spooled_records(Path(settings.spool.dir))
+    stored = count_exchanges(settings.store, task=args.task)
+    result = Reconciliation(answered, dropped, spooled, stored)
+    print("\n".join(result.lines()))
+    return 1 if result.missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protege",
         description="Distil the LLM traffic your apps already send into cheap student models.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    gw = sub.add_parser("gateway", help="run the OpenAI-compatible gateway")
-    _gateway_args(gw)
-    gw.set_defaults(run=_run_gateway)
-    up = sub.add_parser("up", help="run the main job with embedded defaults")
-    _gateway_args(up)
-    up.set_defaults(run=_run_gateway)
+    for name, help_, run in (
+        ("gateway", "run the OpenAI-compatible gateway", _run_gateway),
+        ("up", "run the main job: gateway + sidecar, embedded defaults", _run_up),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", help="YAML settings file (environment overrides it)")
+        p.add_argument("--host", help="address the gateway listens on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port the gateway listens on (default 8080)")
+        p.set_defaults(run=run)
+    side = sub.add_parser("sidecar", help="ship sealed spool segments to the store as Parquet")
+    side.add_argument("--config", help="YAML settings file (environment overrides it)")
+    side.add_argument("--once", action="store_true", help="ship what is sealed, then exit")
+    side.set_defaults(run=_run_sidecar)
+    logs = sub.add_parser("logs", help="inspect the captured exchanges").add_subparsers(
+        dest="logs_command", required=True
+    )
+    rec = logs.add_parser("reconcile", help="compare answered requests with stored records")
+    rec.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
+    rec.add_argument("--store", help="store URI (default: from config / PROTEGE_STORE)")
+    rec.add_argument("--task", help="only this task")
+    rec.add_argument("--config", help="YAML settings file")
+    rec.set_defaults(run=_run_reconcile)
     return parser
 
 

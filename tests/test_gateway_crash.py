@@ -57,23 +57,20 @@ def load(url: str, stop: threading.Event, answered: list[str], stream: bool) -> 
                 return
 
 
-def test_sigkill_under_load_loses_no_answered_exchange(
-    tmp_path: Path, teacher: FakeTeacher
-) -> None:
-    """Every request answered 200 before the kill is in the spool after recovery."""
-    spool = tmp_path / "spool"
+def kill_under_load(teacher: FakeTeacher, spool: Path, answers: int) -> list[str]:
+    """Run a gateway process under mixed load, SIGKILL it after ``answers`` answers; the ids
+    of every exchange answered 200 (streams: through [DONE]) before the kill."""
     port = free_port()
     proc = start_gateway(teacher, spool, port)
-    stop = threading.Event()
-    answered: list[str] = []
+    stop, answered = threading.Event(), []
+    url = f"http://127.0.0.1:{port}"
     workers = [
-        threading.Thread(target=load, args=(f"http://127.0.0.1:{port}", stop, answered, i % 2 == 1))
-        for i in range(8)
+        threading.Thread(target=load, args=(url, stop, answered, i % 2 == 1)) for i in range(8)
     ]
     try:
         for w in workers:
             w.start()
-        assert wait_for(lambda: len(answered) >= 200, 30)
+        assert wait_for(lambda: len(answered) >= answers, 30)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -82,11 +79,19 @@ def test_sigkill_under_load_loses_no_answered_exchange(
             w.join(10)
         if proc.poll() is None:
             proc.kill()
+    return answered
+
+
+def test_sigkill_under_load_loses_no_answered_exchange(
+    tmp_path: Path, teacher: FakeTeacher
+) -> None:
+    """Every request answered 200 before the kill is in the spool after recovery."""
+    spool = tmp_path / "spool"
+    answered = kill_under_load(teacher, spool, 200)
     recover_orphans(spool, Metrics())
     recorded = {r["request_id"] for r in spooled_records(spool)}
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} of {len(answered)} answered exchanges lost"
-    assert len(answered) >= 200
 
 
 def test_sigterm_seals_the_open_segment(tmp_path: Path, teacher: FakeTeacher) -> None:

@@ -1,0 +1,61 @@
+"""``protege up``: the gateway and the sidecar as two supervised child processes.
+
+Two processes, as in a pod: the sidecar's Parquet work never competes with the gateway's event
+loop. SIGINT/SIGTERM are passed to both (the sidecar then waits for the gateway to seal its
+last segment and ships it). If either exits on its own, the other is stopped too.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+_STOP_WAIT_S = 60.0
+
+
+def supervise(commands: Mapping[str, Sequence[str]]) -> int:
+    """Run ``protege <args>`` for each entry until one exits or a signal arrives."""
+    children = {
+        name: subprocess.Popen([sys.executable, "-m", "protege.cli", *args])
+        for name, args in commands.items()
+    }
+    stopping = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping and all(c.poll() is None for c in children.values()):
+            time.sleep(0.2)
+        if not stopping:
+            forward(signal.SIGTERM, None)
+        return _collect(children)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _collect(children: Mapping[str, subprocess.Popen[bytes]]) -> int:
+    """Wait for every child (killing stragglers); the first non-zero exit code, else 0."""
+    deadline = time.monotonic() + _STOP_WAIT_S
+    code = 0
+    for name, child in children.items():
+        try:
+            rc = child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"protege: {name} did not stop in time; killing it", file=sys.stderr)
+            child.kill()
+            rc = child.wait()
+        if rc not in (0, -signal.SIGTERM, -signal.SIGINT) and code == 0:
+            print(f"protege: {name} exited with {rc}", file=sys.stderr)
+            code = rc if rc > 0 else 1
+    return code

@@ -1,0 +1,148 @@
+"""``protege sidecar``: ship the spool continuously (or once), serve /metrics and /healthz.
+
+Continuous mode: ship what is sealed, wait ``poll_interval_s`` (or less when told to stop),
+again. On SIGTERM it waits for the gateway beside it to seal its last segment
+(``shutdown_wait_s``), ships everything sealed with bounded retries, and exits; whatever could
+not be shipped stays in the spool for the next start. Compaction runs on its own timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidecar.config import SidecarSettings
+from sidecar.errors import StoreError
+from sidecar.metrics import SidecarMetrics
+from sidecar.ship import Backoff, GaveUp, Shipper
+from sidecar.store import open_store
+
+log = structlog.get_logger("sidecar")
+
+_FINAL_ATTEMPTS = 3
+
+
+async def run(
+    settings: SidecarSettings,
+    *,
+    once: bool,
+    metrics: SidecarMetrics | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the sidecar; returns the process exit code.
+
+    It stops on SIGTERM/SIGINT, or — when ``stop`` is given (embedding, tests) — once ``stop``
+    is set.
+    """
+    metrics = metrics or SidecarMetrics()
+    cfg = settings.sidecar
+    async with open_store(settings.store) as store:
+        shipper = Shipper(
+            settings.spool.dir, store, settings.workdir, settings.quarantine, metrics,
+            Backoff(cfg.retry_base_s, cfg.retry_max_s),
+        )  # fmt: skip
+        if once:
+            return await _drain(shipper, cfg.once_max_attempts)
+        runner = await _serve_metrics(settings, metrics, shipper)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+        if stop is not None:
+            shipper.stopping = stop
+        for sig in signals:
+            loop.add_signal_handler(sig, shipper.stopping.set)
+        log.info("sidecar started", spool=str(settings.spool.dir), store=store.uri)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_ship_forever(shipper, cfg.poll_interval_s))
+                if cfg.compaction.enabled:
+                    tasks.create_task(_compact_forever(shipper, settings, metrics))
+            await _wait_for_writers(shipper, cfg.shutdown_wait_s)
+            shipper.stopping.clear()  # the final pass retries within its own bound
+            return await _drain(shipper, _FINAL_ATTEMPTS)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+            log.info("sidecar stopped")
+
+
+async def _drain(shipper: Shipper, attempts: int) -> int:
+    """Ship everything sealed with bounded retries: 0 when the spool is drained, else 1."""
+    try:
+        shipped = await shipper.ship_all(max_attempts=attempts)
+    except GaveUp as exc:
+        log.error("store unavailable, segments kept in the spool", error=str(exc))
+        return 1
+    log.info("spool drained", segments=shipped)
+    return 0
+
+
+async def _ship_forever(shipper: Shipper, interval: float) -> None:
+    while not shipper.stopping.is_set():
+        try:
+            await shipper.ship_all()
+        except GaveUp:
+            pass  # raised only once stopping: the final pass takes over
+        except Exception:  # the loop's one boundary: log, wait, try again, never crash-loop
+            log.exception("shipping pass failed; will try again")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shipper.stopping.wait(), interval)
+
+
+async def _compact_forever(
+    shipper: Shipper, settings: SidecarSettings, metrics: SidecarMetrics
+) -> None:
+    from sidecar.compact import compact
+
+    cfg = settings.sidecar.compaction
+    while not shipper.stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shipper.stopping.wait(), cfg.interval_s)
+        if shipper.stopping.is_set():
+            return
+        try:
+            report = await compact(
+                shipper.store, settings.workdir,
+                now=datetime.now(UTC), grace=timedelta(seconds=cfg.grace_s),
+            )  # fmt: skip
+            metrics.compacted_parts.inc(report.parts_merged)
+        except StoreError as exc:
+            log.warning("compaction failed; will try again", error=str(exc))
+
+
+async def _wait_for_writers(shipper: Shipper, wait_s: float) -> None:
+    """Give a gateway that is shutting down time to seal its open segment."""
+    deadline = time.monotonic() + wait_s
+    # Polling: the writer is another process, whose file lock no event of ours can watch.
+    while time.monotonic() < deadline and await asyncio.to_thread(  # noqa: ASYNC110
+        shipper.writers_alive
+    ):
+        await asyncio.sleep(0.1)
+
+
+async def _serve_metrics(
+    settings: SidecarSettings, metrics: SidecarMetrics, shipper: Shipper
+) -> web.AppRunner:
+    async def metrics_page(_: web.Request) -> web.Response:
+        await asyncio.to_thread(shipper.observe_backlog)
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    cfg = settings.sidecar
+    await web.TCPSite(runner, cfg.metrics_host, cfg.metrics_port).start()
+    return runner
