@@ -64,6 +64,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._traffic(r)
+        self._spool(r)
+
+    def _traffic(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "protege_requests",
             "Requests answered, by task, backend, route and HTTP status.",
@@ -115,6 +119,8 @@ class Metrics:
             ["task", "reason"],
             registry=r,
         )
+
+    def _spool(self, r: CollectorRegistry) -> None:
         self.spool_records = Counter(
             "protege_spool_records",
             "Exchange records written to the spool.",

@@ -38,8 +38,8 @@ async def stream(proxy: TeacherProxy, inc: Incoming) -> Response:
     try:
         resp = await stack.enter_async_context(proxy.teacher.request("POST", inc.path, inc.payload))
         if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
-            await stack.aclose()  # not a stream: hand it on like a plain answer
-            return await _plain(proxy, inc, ex, resp, sent)
+            async with stack:  # not a stream: hand it on like a plain answer
+                return await _plain(proxy, inc, ex, resp, sent)
         chunks = proxy.teacher.iter_chunks(resp)
         first = await _first_event(chunks)
         _raise_if_error(first, proxy.teacher.name)

@@ -121,6 +121,19 @@ def test_teacher_errors_pass_through(
     assert len(teacher.received) == 1
 
 
+@pytest.mark.parametrize("status", [429, 500])
+def test_teacher_errors_to_stream_requests_pass_through(
+    gateway: RunningGateway, teacher: FakeTeacher, status: int
+) -> None:
+    """A teacher error answering a stream request reaches the client as it came, recorded."""
+    teacher.mode = f"status:{status}"
+    code, body = stream_body(gateway)
+    assert code == status and body == teacher.sent[-1]
+    gateway.stop()
+    (record,) = spooled_records(gateway.settings.spool.dir)
+    assert record["status"] == status and record["complete"] is False
+
+
 def stream_body(gw: RunningGateway, **kw: Any) -> tuple[int, bytes]:
     with httpx.stream(
         "POST", gw.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10, **kw
