@@ -48,6 +48,7 @@ async def run(
             settings.spool.dir, store, settings.workdir, settings.quarantine, metrics,
             Backoff(cfg.retry_base_s, cfg.retry_max_s),
         )  # fmt: skip
+        await asyncio.to_thread(shipper.clean_workdir)
         if once:
             return await _drain(shipper, cfg.once_max_attempts)
         runner = await _serve_metrics(settings, metrics, shipper)

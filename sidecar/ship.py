@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +124,10 @@ class Shipper:
         """Sleep, but wake up early when stopping."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    def clean_workdir(self) -> None:
+        """Remove what a crashed run left in the scratch directory (it is all re-made)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _recover(self) -> None:
         """Seal what crashed writers left open, so it ships too."""
