@@ -1,0 +1,78 @@
+"""How a task's data is curated: the ``trainer.tasks.<task>`` section of the shared config file.
+
+    trainer:
+      tasks:
+        tickets:
+          label: {json_path: "$.category"}        # or {regex: "^(spam|ham)"}; omit for free text
+          classes: [billing, bug, other]           # expected labels (others are dropped)
+          balance: true                            # cap every class at the rarest one's count
+          min_prompt_chars: 1
+          max_prompt_chars: 20000
+          max_completion_chars: 8000
+          must_match: []                           # RE2 patterns the completion must match
+          must_not_match: []                       # ...and must not
+          refusal_phrases: ["I can't help", ...]   # teacher refusals are dropped
+          near_duplicate_distance: 3               # SimHash bits; -1 turns near-dedup off
+          max_per_group: 200                       # cap per user, so power users don't dominate
+          test_fraction: 0.1                       # share of groups held out for test-indist
+          test_balanced_per_class: 50              # size of test-balanced per class
+          corrections: s3://bucket/corrections/tickets.parquet   # request_id -> gold output
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_REFUSALS = (
+    "I can't help with",
+    "I cannot help with",
+    "I can't assist with",
+    "I cannot assist with",
+    "I'm sorry, but I can't",
+    "I am sorry, but I cannot",
+    "As an AI language model",
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelRule(_Model):
+    """Where a classification label is read from the teacher's answer."""
+
+    # A simple JSON path into the answer parsed as JSON: $.field or $.a.b
+    json_path: str | None = Field(default=None, pattern=r"^\$(\.[A-Za-z0-9_-]+)+$")
+    # Or the first capture group (else the whole match) of an RE2 pattern.
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LabelRule:
+        if (self.json_path is None) == (self.regex is None):
+            raise ValueError("set exactly one of json_path or regex")
+        return self
+
+
+class CurationConfig(_Model):
+    label: LabelRule | None = None
+    classes: tuple[str, ...] = ()
+    balance: bool = False
+    min_prompt_chars: int = Field(default=1, ge=0)
+    max_prompt_chars: int = Field(default=20_000, ge=1)
+    min_completion_chars: int = Field(default=1, ge=0)
+    max_completion_chars: int = Field(default=8_000, ge=1)
+    must_match: tuple[str, ...] = ()
+    must_not_match: tuple[str, ...] = ()
+    refusal_phrases: tuple[str, ...] = DEFAULT_REFUSALS
+    near_duplicate_distance: int = Field(default=3, ge=-1, le=16)
+    max_per_group: int = Field(default=200, ge=1)
+    test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_balanced_per_class: int = Field(default=50, ge=0)
+    corrections: str | None = None
+
+
+class TrainerSettings(_Model):
+    tasks: dict[str, CurationConfig] = {}
+
+    def curation(self, task: str) -> CurationConfig:
+        return self.tasks.get(task, CurationConfig())
