@@ -1,0 +1,42 @@
+"""TrainConfig: the JSON round trip saved beside adapters, and fail-fast validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.errors import ConfigError
+from trainer.config import TrainConfig
+
+
+def test_round_trips_through_json() -> None:
+    """to_dict -> JSON -> from_dict gives an equal config."""
+    cfg = TrainConfig(lora_r=8, target_modules=("q_proj", "v_proj"), bf16=True, epochs=1.5)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_a_subset_fills_in_defaults() -> None:
+    """Keys left out take their defaults."""
+    assert TrainConfig.from_dict({"max_steps": 10}) == TrainConfig(max_steps=10)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"lora_rr": 8}, "lora_rr is not a known training setting"),
+        ({"lora_r": 0}, "lora_r must be >= 1, got 0"),
+        ({"data_fraction": 1.5}, "data_fraction must be in"),
+        ({"schedule": "linear"}, "schedule must be one of"),
+        (
+            {"seq_len": 2048, "max_tokens_per_batch": 1024},
+            "max_tokens_per_batch must be >= seq_len",
+        ),
+        ({"lora_r": "16"}, "lora_r must be like 16, got '16'"),
+        ({"packing": 1}, "packing must be like True"),
+    ],
+)
+def test_bad_settings_fail_naming_the_key(data, message) -> None:  # type: ignore[no-untyped-def]
+    """An unknown key, a value out of range or of the wrong type fails with the key's name."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(data)

