@@ -251,7 +251,7 @@ def validate(model: type[M], data: Mapping[str, Any]) -> M:
 
 
 # Sections of the shared config file that belong to other services.
-_OTHER_SERVICES = ("sidecar",)
+_OTHER_SERVICES = ("sidecar", "trainer")
 
 
 def load_settings(

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--task", help="only this task")
     rec.add_argument("--config", help="YAML settings file")
     rec.set_defaults(run=_run_reconcile)
+    from trainer.cli import register
+
+    register(sub)
     return parser
 
 

@@ -21,7 +21,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.config import StoreUri, gather, validate
 
 DEFAULT_REFUSALS = (
     "I can't help with",
@@ -71,8 +77,25 @@ class CurationConfig(_Model):
     corrections: str | None = None
 
 
-class TrainerSettings(_Model):
+class TrainerConfig(_Model):
+    """The ``trainer`` section."""
+
     tasks: dict[str, CurationConfig] = {}
 
     def curation(self, task: str) -> CurationConfig:
         return self.tasks.get(task, CurationConfig())
+
+
+class TrainerSettings(_Model):
+    store: StoreUri = "file://.protege/store"
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def load_trainer_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> TrainerSettings:
+    """The trainer's settings (``store`` and ``trainer``) from the shared file and environment."""
+    data = gather(path, env, overrides)
+    return validate(TrainerSettings, {k: v for k, v in data.items() if k in ("store", "trainer")})
