@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,16 +18,18 @@ from starlette.responses import Response
 from gateway.asgi import REQUEST_ID, FastLane, error_response, json_response
 from gateway.auth import KeyCheck
 from gateway.capture import Exchange, RecordEncoder
-from gateway.config import GatewaySettings
+from gateway.config import GatewaySettings, RouteConfig
 from gateway.errors import ApiError, ServiceUnavailable, UpstreamError, error_body
-from gateway.intake import ENDPOINTS, Intake
+from gateway.intake import ENDPOINTS, Incoming, Intake
 from gateway.metrics import Metrics, TaskLabels
-from gateway.proxy import Capture, TeacherProxy
+from gateway.proxy import Backend, Capture, Proxy, TeacherBackend
 from gateway.record import new_id
 from gateway.redact import Redactor
 from gateway.relay import stream
 from gateway.routes import RouteTable
+from gateway.routing import choose_backend
 from gateway.spool import SpoolWriter
+from gateway.student import StudentBackend
 from gateway.upstream import Upstream
 
 log = structlog.get_logger("gateway")
@@ -40,25 +43,20 @@ class Gateway:
     metrics: Metrics
     intake: Intake
     routes: RouteTable
-    teacher: Upstream
+    teacher: TeacherBackend
+    student: StudentBackend | None
     spool: SpoolWriter[Exchange]
-    proxy: TeacherProxy
+    proxy: Proxy
 
     @classmethod
     def build(cls, settings: GatewaySettings, metrics: Metrics | None = None) -> Gateway:
         metrics = metrics or Metrics()
         routes = RouteTable(settings.routes)
-        t = settings.teacher
-        teacher = Upstream(
-            "teacher",
-            t.base_url,
-            api_key=t.api_key.get_secret_value() if t.api_key else None,
-            connect_timeout_s=t.connect_timeout_s,
-            read_timeout_s=t.read_timeout_s,
-            connect_retries=t.connect_retries,
-            max_connections=t.max_connections,
-            metrics=metrics,
-        )
+        t, s = settings.teacher, settings.student
+        teacher = TeacherBackend(Upstream.configured("teacher", t.base_url, t, metrics))
+        student = None
+        if s.base_url is not None:
+            student = StudentBackend(Upstream.configured("student", s.base_url, s, metrics))
         encoder = RecordEncoder(Redactor.from_config(settings.redaction), metrics)
         spool: SpoolWriter[Exchange] = SpoolWriter(settings.spool, encoder, metrics)
         intake = Intake(
@@ -68,24 +66,30 @@ class Gateway:
             settings.hash_salt.get_secret_value().encode(),
             settings.max_body_bytes,
         )
-        capture = Capture(spool, metrics, settings.logging.access_log)
-        proxy = TeacherProxy(teacher, capture, metrics)
-        return cls(settings, metrics, intake, routes, teacher, spool, proxy)
+        proxy = Proxy(Capture(spool, metrics, settings.logging.access_log), metrics)
+        return cls(settings, metrics, intake, routes, teacher, student, spool, proxy)
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        return [b.upstream for b in (self.teacher, self.student) if b is not None]
 
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.start)
-        await self.teacher.start()
+        for upstream in self.upstreams:
+            await upstream.start()
         if not self.settings.api_keys:
             log.warning("no gateway API keys configured: any client is accepted")
         log.info(
             "gateway started",
-            teacher=self.teacher.base_url,
+            teacher=self.teacher.upstream.base_url,
+            student=self.student.upstream.base_url if self.student else None,
             spool=str(self.settings.spool.dir),
             routes=self.routes.aliases,
         )
 
     async def stop(self) -> None:
-        await self.teacher.aclose()
+        for upstream in self.upstreams:
+            await upstream.aclose()
         await self.spool.aclose()
         log.info("gateway stopped")
 
@@ -98,9 +102,32 @@ class Gateway:
         structlog.contextvars.bind_contextvars(task=inc.task)
         if self.settings.spool.on_full == "reject" and self.spool.full:
             raise ServiceUnavailable("the capture spool is full; try again shortly")
+        route = "teacher"
+        student = self._student_for(inc)
+        if student is not None:
+            began = time.perf_counter()
+            try:
+                return await self._answer(inc, student, "student")
+            except UpstreamError as exc:
+                if exc.backend != student.name:
+                    raise
+                inc.failed_upstream_s += time.perf_counter() - began
+                self.metrics.fallbacks.labels(inc.metrics_task, exc.code or "error").inc()
+                log.warning("the student failed; the teacher answers", error=exc.message)
+            route = "fallback"
+        return await self._answer(inc, self.teacher, route)
+
+    def _student_for(self, inc: Incoming) -> StudentBackend | None:
+        """The student, when the route sends ``inc`` there and the student serves its endpoint."""
+        student = self.student
+        if choose_backend(inc.route, student is not None) != "student" or student is None:
+            return None
+        return student if student.serves(inc) else None
+
+    async def _answer(self, inc: Incoming, backend: Backend, route: str) -> Response:
         if inc.stream:
-            return await stream(self.proxy, inc)
-        return await self.proxy.unary(inc)
+            return await stream(self.proxy, inc, backend, route)
+        return await self.proxy.unary(inc, backend, route)
 
 
 def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> FastLane:
@@ -130,14 +157,12 @@ def _add_routes(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         gw.intake.authorize(request)
-        data = [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "protege"}
-            for alias in gw.routes.aliases
-        ]
+        data = [_route_model(route) for route in gw.settings.routes]
         seen = set(gw.routes.aliases)
+        teacher = gw.teacher.upstream
         try:
-            async with gw.teacher.request("GET", "/models") as resp:
-                body = await gw.teacher.read(resp)
+            async with teacher.request("GET", "/models") as resp:
+                body = await teacher.read(resp)
             listed = orjson.loads(body).get("data", []) if resp.status == 200 else []
             data += [m for m in listed if isinstance(m, dict) and m.get("id") not in seen]
         except (UpstreamError, orjson.JSONDecodeError, AttributeError) as exc:
@@ -159,6 +184,17 @@ def _add_routes(app: FastAPI, gw: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _route_model(route: RouteConfig) -> dict[str, object]:
+    """A route alias as a ``/v1/models`` entry, with its task and student."""
+    return {
+        "id": route.alias,
+        "object": "model",
+        "created": 0,
+        "owned_by": "protege",
+        "protege": {"task": route.task, "mode": route.mode, "adapter": route.adapter},
+    }
 
 
 def _endpoint(

@@ -4,6 +4,8 @@ Precedence: defaults < YAML file < environment. The environment names are::
 
     PROTEGE_TEACHER_BASE_URL   teacher.base_url
     PROTEGE_TEACHER_API_KEY    teacher.api_key
+    PROTEGE_STUDENT_BASE_URL   student.base_url
+    PROTEGE_STUDENT_API_KEY    student.api_key
     PROTEGE_API_KEYS           api_keys (comma-separated)
     PROTEGE_SPOOL_DIR          spool.dir
     PROTEGE_STORE              store
@@ -30,6 +32,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from gateway.errors import ConfigError
@@ -47,38 +50,81 @@ def _check_store_uri(value: str) -> str:
 StoreUri = Annotated[str, AfterValidator(_check_store_uri)]
 
 
+def _check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+class KeyProblem(ValueError):
+    """A check across several settings, naming the key (relative to the model checked) at fault."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TeacherConfig(_Model):
-    """The OpenAI-compatible API every request goes to while no student serves it."""
+class UpstreamConfig(_Model):
+    """How the gateway talks to an OpenAI-compatible upstream (see ``gateway.upstream``)."""
 
-    base_url: str = "https://api.openai.com/v1"
     api_key: SecretStr | None = None
     # Seconds to open a connection; a connect failure is retried connect_retries times.
     connect_timeout_s: float = Field(default=5.0, gt=0)
     connect_retries: int = Field(default=2, ge=0, le=10)
-    # Longest silence between two bytes of the teacher's answer before giving up (504).
+    # Longest silence between two bytes of the upstream's answer before giving up (504).
     read_timeout_s: float = Field(default=300.0, gt=0)
-    # Pooled connections to the teacher.
+    # Pooled connections to the upstream.
     max_connections: int = Field(default=1024, ge=1)
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
-        return value.rstrip("/")
+
+class TeacherConfig(UpstreamConfig):
+    """The OpenAI-compatible API every request goes to while no student serves it."""
+
+    base_url: HttpUrl = "https://api.openai.com/v1"
+
+
+class StudentConfig(UpstreamConfig):
+    """LoRAX (or the local student server): one base model serving every task's adapter.
+
+    The client's key is never sent: the gateway authenticates with ``api_key`` or not at all.
+    A student that fails before the first byte is answered for by the teacher, so its
+    timeouts are shorter than the teacher's: the fallback should not keep the client waiting.
+    """
+
+    # Its OpenAI route, e.g. http://lorax:8080/v1; None: no student, the teacher answers all.
+    base_url: HttpUrl | None = None
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    connect_retries: int = Field(default=1, ge=0, le=10)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
 
 
 class RouteConfig(_Model):
-    """Maps a model alias the client asks for to a task and the teacher model that serves it."""
+    """Maps a model alias the client asks for to a task, its teacher model and its student."""
 
     alias: str = Field(min_length=1)
-    task: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: str = Field(min_length=1, pattern=f"^{_NAME}$")
     # The model name sent to the teacher; None forwards the client's model unchanged.
     teacher_model: str | None = None
+    # The task's student: a published adapter, <task>/<version>, sent to LoRAX as the model.
+    adapter: str | None = Field(default=None, pattern=f"^{_NAME}/{_NAME}$")
+    # teacher: the teacher answers (and every exchange is logged for training);
+    # student: the adapter answers, the teacher only when the student fails before the first byte.
+    mode: Literal["teacher", "student"] = "teacher"
+
+    @model_validator(mode="after")
+    def _student_has_adapter(self) -> RouteConfig:
+        if self.mode == "student" and self.adapter is None:
+            raise KeyProblem("adapter", "is required when mode is 'student'")
+        return self
 
 
 class RedactionRule(_Model):
@@ -146,6 +192,7 @@ class GatewaySettings(_Model):
     """Everything ``protege gateway`` needs, validated."""
 
     teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
     routes: tuple[RouteConfig, ...] = ()
     # Keys clients must present as ``Authorization: Bearer …``; empty accepts any client.
     api_keys: tuple[SecretStr, ...] = ()
@@ -171,23 +218,42 @@ class GatewaySettings(_Model):
             seen.add(route.alias)
         return routes
 
+    @model_validator(mode="after")
+    def _students_are_served(self) -> GatewaySettings:
+        if self.student.base_url is not None:
+            return self
+        for i, route in enumerate(self.routes):
+            if route.mode == "student":
+                raise KeyProblem(
+                    "student.base_url",
+                    f"is required: routes[{i}] ({route.alias}) has mode 'student'",
+                )
+        return self
+
+
+# Environment variable -> the dotted key it sets.
+_ENV_KEYS = {
+    "PROTEGE_TEACHER_BASE_URL": "teacher.base_url",
+    "PROTEGE_TEACHER_API_KEY": "teacher.api_key",
+    "PROTEGE_STUDENT_BASE_URL": "student.base_url",
+    "PROTEGE_STUDENT_API_KEY": "student.api_key",
+    "PROTEGE_SPOOL_DIR": "spool.dir",
+    "PROTEGE_STORE": "store",
+}
+
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """The settings named by PROTEGE_* environment variables, as a nested dict."""
     out: dict[str, Any] = {}
-    teacher: dict[str, Any] = {}
-    if "PROTEGE_TEACHER_BASE_URL" in env:
-        teacher["base_url"] = env["PROTEGE_TEACHER_BASE_URL"]
-    if "PROTEGE_TEACHER_API_KEY" in env:
-        teacher["api_key"] = env["PROTEGE_TEACHER_API_KEY"]
-    if teacher:
-        out["teacher"] = teacher
+    for name, key in _ENV_KEYS.items():
+        if name in env:
+            *sections, leaf = key.split(".")
+            node = out
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[leaf] = env[name]
     if "PROTEGE_API_KEYS" in env:
         out["api_keys"] = [k.strip() for k in env["PROTEGE_API_KEYS"].split(",") if k.strip()]
-    if "PROTEGE_SPOOL_DIR" in env:
-        out["spool"] = {"dir": env["PROTEGE_SPOOL_DIR"]}
-    if "PROTEGE_STORE" in env:
-        out["store"] = env["PROTEGE_STORE"]
     return out
 
 
@@ -211,6 +277,9 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 def describe(exc: ValidationError) -> str:
     """The first validation error as ``config: <key> <problem>, got <value>``."""
     err = exc.errors()[0]
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, KeyProblem):
+        return f"config: {_key_path((*err['loc'], *cause.key.split('.')))} {cause}"
     path = _key_path(tuple(err["loc"]))
     msg = re.sub(r"^(Input|String|Value) should", "must", err["msg"].removeprefix("Value error, "))
     if err["type"] == "extra_forbidden":

@@ -13,9 +13,11 @@
         └── UpstreamError           a backend failed before any byte reached the client
             ├── UpstreamUnreachable 502 connect failed (after retries) or the connection broke
             ├── UpstreamTimeout     504 no answer within the read timeout
-            └── UpstreamFailed      502 a 200 stream whose first event is an error
+            └── UpstreamFailed      502 a 200 stream whose first event is an error, or a
+                                        student's own failure (5xx, unreadable answer)
 
-A backend's own 4xx/5xx answer is not an error here: it is passed through as it came.
+The teacher's own 4xx/5xx answer is not an error here: it is passed through as it came. A
+student's ``UpstreamError`` is answered by the teacher (``route=fallback``).
 
 Only this module knows the wire shape; the app has one handler that renders ``ApiError``.
 """
@@ -125,7 +127,8 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamFailed(UpstreamError):
-    """The backend answered 200 but its stream opened with an error event."""
+    """The backend answered, but with a failure: a stream opening with an error event, or a
+    student's 5xx or unreadable answer."""
 
     status = 502
     type = "upstream_error"

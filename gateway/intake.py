@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from gateway.auth import KeyCheck, bearer
 from gateway.capture import Exchange, hash_id
+from gateway.config import RouteConfig
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.metrics import TaskLabels
 from gateway.routes import RouteTable
@@ -38,14 +39,26 @@ class Incoming:
     path: str
     endpoint: str
     body: bytes  # as the client sent it
-    payload: bytes  # as the upstream gets it (the model alias resolved)
+    payload: bytes  # as the teacher gets it (the model alias resolved)
+    fields: dict[str, Any]  # the body's JSON object
+    route: RouteConfig | None  # the route of the requested alias, if one names it
     stream: bool
     task: str
     metrics_task: str
     client: str | None
     user: str | None
+    # Seconds spent on a backend that failed before the one answering was asked (fallback).
+    failed_upstream_s: float = 0.0
 
-    def exchange(self) -> Exchange:
+    @property
+    def model(self) -> str:
+        """The model the client asked for (a route alias, or a model name)."""
+        model: str = self.fields["model"]
+        return model
+
+    def exchange(
+        self, backend: str = "teacher", route: str = "teacher", adapter: str | None = None
+    ) -> Exchange:
         return Exchange(
             request_id=self.request_id,
             ts_us=time.time_ns() // 1000,
@@ -53,6 +66,9 @@ class Incoming:
             endpoint=self.endpoint,
             request=self.body,
             stream=self.stream,
+            backend=backend,
+            route=route,
+            adapter=adapter,
             client=self.client,
             user=self.user,
             metrics_task=self.metrics_task,
@@ -136,6 +152,8 @@ class Intake:
             endpoint=endpoint,
             body=body,
             payload=payload,
+            fields=obj,
+            route=resolved.route,
             stream=obj.get("stream") is True,
             task=resolved.task,
             metrics_task=self._task_labels(resolved.task),

@@ -113,6 +113,13 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.fallbacks = Counter(
+            "protege_fallbacks",
+            "Requests the teacher answered because the student failed before the first byte, "
+            "by reason.",
+            ["task", "reason"],
+            registry=r,
+        )
         self.incomplete_streams = Counter(
             "protege_incomplete_streams",
             "Streams that ended without completing, by reason.",

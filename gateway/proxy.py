@@ -1,16 +1,20 @@
-"""The teacher path: forward an admitted request, answer the client, capture the exchange.
+"""Forward an admitted request to a backend, answer the client, capture the exchange.
 
-Plain answers are read whole, captured, then returned with the teacher's status and body
-untouched. Streams are relayed chunk by chunk (see ``gateway.relay``). Either way the record is
-in the spool (written to the OS, fsynced per policy) before the client sees the end of the answer,
-so a killed gateway never loses an exchange whose answer completed.
+A ``Backend`` is an upstream plus how requests reach it and answers come back: the teacher
+takes the client's body and its answers pass untouched; the student (``gateway.student``)
+rewrites both ways. Plain answers are read whole, captured, then returned. Streams are relayed
+chunk by chunk (see ``gateway.relay``). Either way the record is in the spool (written to the
+OS, fsynced per policy) before the client sees the end of the answer, so a killed gateway never
+loses an exchange whose answer completed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
+import aiohttp
 import structlog
 from multidict import CIMultiDictProxy
 from starlette.responses import Response
@@ -19,6 +23,7 @@ from gateway.capture import Exchange
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
 from gateway.metrics import Metrics
+from gateway.record import new_id
 from gateway.spool import SpoolWriter
 from gateway.upstream import Upstream
 
@@ -27,6 +32,68 @@ log = structlog.get_logger("gateway")
 # Upstream response headers worth passing on; hop-by-hop and framing headers never are.
 _PASS_PREFIXES = ("x-ratelimit-", "openai-", "anthropic-ratelimit-")
 _PASS_NAMES = frozenset({"retry-after", "x-request-id"})
+
+
+class StreamEdit(Protocol):
+    """Rewrites one upstream stream's events on their way to the client."""
+
+    # Set once the upstream sent an error event; the client already got it, rewritten.
+    error: str | None
+
+    def events(self, block: bytes) -> bytes:
+        """Complete events (never ``[DONE]``) as the client gets them."""
+        ...
+
+    def tail(self) -> tuple[bytes, bytes]:
+        """At a clean end: (events the client gets before ``[DONE]``, events only recorded)."""
+        ...
+
+
+class Backend(Protocol):
+    """An upstream that answers admitted requests, and how requests and answers are shaped."""
+
+    name: str  # the record's backend and the metrics label: teacher | student
+    upstream: Upstream
+    # A failure before the first byte is answered by the teacher instead (route=fallback).
+    falls_back: bool
+
+    def adapter(self, inc: Incoming) -> str | None:
+        """The adapter answering ``inc`` (None for the teacher)."""
+        ...
+
+    def payload(self, inc: Incoming) -> bytes:
+        """The body the upstream gets for ``inc``."""
+        ...
+
+    def answer(self, inc: Incoming, status: int, body: bytes) -> bytes:
+        """The whole answer as the client gets it; raises ``UpstreamError`` for a failure."""
+        ...
+
+    def edit(self, inc: Incoming) -> StreamEdit | None:
+        """How the stream answering ``inc`` is rewritten (None: relayed byte for byte)."""
+        ...
+
+
+class TeacherBackend:
+    """The teacher: the client's body (the alias resolved) in, its answers out untouched."""
+
+    name = "teacher"
+    falls_back = False
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    def adapter(self, inc: Incoming) -> None:
+        return None
+
+    def payload(self, inc: Incoming) -> bytes:
+        return inc.payload
+
+    def answer(self, inc: Incoming, status: int, body: bytes) -> bytes:
+        return body
+
+    def edit(self, inc: Incoming) -> None:
+        return None
 
 
 def passthrough_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
@@ -41,6 +108,7 @@ def passthrough_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
 
 def timing_headers(inc: Incoming, upstream_s: float) -> dict[str, str]:
     """``x-protege-request-id`` and a ``Server-Timing`` with the gateway's own overhead."""
+    upstream_s += inc.failed_upstream_s
     total = time.perf_counter() - inc.started
     overhead_ms = max(total - upstream_s, 0.0) * 1000
     return {
@@ -69,6 +137,8 @@ class Capture:
             log.info(
                 "answered",
                 status=ex.status,
+                backend=ex.backend,
+                route=ex.route,
                 stream=ex.stream,
                 complete=ex.complete,
                 latency_ms=round(ex.latency_ms, 2),
@@ -82,43 +152,59 @@ class Capture:
             await written
 
 
-class TeacherProxy:
-    def __init__(self, teacher: Upstream, capture: Capture, metrics: Metrics) -> None:
-        self.teacher = teacher
+class Proxy:
+    """Answers admitted requests from a backend, capturing every exchange."""
+
+    def __init__(self, capture: Capture, metrics: Metrics) -> None:
         self.capture = capture
         self.metrics = metrics
 
-    async def unary(self, inc: Incoming) -> Response:
-        """Forward a non-streaming request and return the teacher's answer as it came."""
-        ex = inc.exchange()
+    async def unary(self, inc: Incoming, backend: Backend, route: str) -> Response:
+        """Forward a non-streaming request and answer with the backend's whole answer."""
+        ex = inc.exchange(backend.name, route, backend.adapter(inc))
+        upstream = backend.upstream
         sent = time.perf_counter()
         try:
-            async with self.teacher.request("POST", inc.path, inc.payload) as resp:
-                body = await self.teacher.read(resp)
-                status = resp.status
-                headers = passthrough_headers(resp.headers)
-                media_type = resp.headers.get("content-type", "application/json")
+            async with upstream.request("POST", inc.path, backend.payload(inc)) as resp:
+                body = await upstream.read(resp)
+            return await self.reply(inc, ex, backend, resp, body, time.perf_counter() - sent)
         except UpstreamError as exc:
-            await self.fail(inc, ex, exc)
+            await self.fail(inc, ex, backend, exc)
             raise
-        upstream_s = time.perf_counter() - sent
-        ex.status = status
-        ex.response = body
-        ex.complete = status == 200
-        if status != 200:
-            ex.error = f"teacher answered HTTP {status}"
+
+    async def reply(
+        self,
+        inc: Incoming,
+        ex: Exchange,
+        backend: Backend,
+        resp: aiohttp.ClientResponse,
+        body: bytes,
+        upstream_s: float,
+    ) -> Response:
+        """Record a whole answer of the backend, then return it with the backend's status."""
+        status = resp.status
+        body = backend.answer(inc, status, body)
+        ex.status, ex.response = status, body
+        ex.complete = status == 200 and not inc.stream
+        if not ex.complete:
+            to_stream = " to a stream request" if inc.stream else ""
+            ex.error = f"{backend.name} answered HTTP {status}{to_stream}"
         await self.capture.record(inc, ex)
-        headers.update(timing_headers(inc, upstream_s))
+        headers = {**passthrough_headers(resp.headers), **timing_headers(inc, upstream_s)}
         self.observe_overhead(inc, upstream_s)
+        media_type = resp.headers.get("content-type", "application/json")
         return Response(body, status_code=status, headers=headers, media_type=media_type)
 
-    async def fail(self, inc: Incoming, ex: Exchange, exc: UpstreamError) -> None:
-        """Record an exchange the upstream failed before the client got any byte."""
+    async def fail(self, inc: Incoming, ex: Exchange, backend: Backend, exc: UpstreamError) -> None:
+        """Record an exchange the backend failed before the client got any byte."""
+        if backend.falls_back:
+            # The teacher's answer keeps the request's id (readers keep one record per id).
+            ex.request_id = new_id()
         ex.status = exc.status
         ex.error = exc.message
         log.warning("upstream failed", backend=exc.backend, error=exc.message, code=exc.code)
         await self.capture.record(inc, ex)
 
     def observe_overhead(self, inc: Incoming, upstream_s: float) -> None:
-        overhead = time.perf_counter() - inc.started - upstream_s
+        overhead = time.perf_counter() - inc.started - upstream_s - inc.failed_upstream_s
         self.metrics.overhead.labels(inc.metrics_task).observe(max(overhead, 0.0))

@@ -6,6 +6,9 @@ lost by waiting one event). After that, complete events are forwarded as they ar
 the closing ``data: [DONE]``, which is held back until the exchange is in the spool. A stream
 the upstream cuts, or ends without ``[DONE]``, gets an SSE error event and no ``[DONE]``; a
 client that goes away cancels the upstream request. Both are recorded with ``complete=false``.
+
+A backend may rewrite the events on their way (the student's are made OpenAI's, see
+``gateway.student``); the record keeps the stream as the client got it.
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
 
 from gateway.capture import Exchange
 from gateway.errors import UpstreamError, UpstreamFailed, UpstreamUnreachable
 from gateway.intake import Incoming
-from gateway.proxy import TeacherProxy, log, passthrough_headers, timing_headers
+from gateway.proxy import Backend, Proxy, StreamEdit, log, passthrough_headers, timing_headers
 from gateway.sse import error_event, error_of, event_end, iter_data, split_done
 
 # The first event must arrive within this many bytes; more is not an SSE stream we understand.
@@ -30,22 +32,25 @@ _FIRST_EVENT_MAX = 1024 * 1024
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-async def stream(proxy: TeacherProxy, inc: Incoming) -> Response:
-    """Open the upstream stream and answer with a relay of it (or with its error)."""
-    ex = inc.exchange()
+async def stream(proxy: Proxy, inc: Incoming, backend: Backend, route: str) -> Response:
+    """Open the backend's stream and answer with a relay of it (or with its error)."""
+    ex = inc.exchange(backend.name, route, backend.adapter(inc))
+    upstream = backend.upstream
     sent = time.perf_counter()
     stack = AsyncExitStack()
     try:
-        resp = await stack.enter_async_context(proxy.teacher.request("POST", inc.path, inc.payload))
+        request = upstream.request("POST", inc.path, backend.payload(inc))
+        resp = await stack.enter_async_context(request)
         if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
             async with stack:  # not a stream: hand it on like a plain answer
-                return await _plain(proxy, inc, ex, resp, sent)
-        chunks = proxy.teacher.iter_chunks(resp)
-        first = await _first_event(chunks)
-        _raise_if_error(first, proxy.teacher.name)
+                body = await upstream.read(resp)
+            return await proxy.reply(inc, ex, backend, resp, body, time.perf_counter() - sent)
+        chunks = upstream.iter_chunks(resp)
+        first = await _first_event(chunks, upstream.name)
+        _raise_if_error(first, upstream.name)
     except UpstreamError as exc:
         await stack.aclose()
-        await proxy.fail(inc, ex, exc)
+        await proxy.fail(inc, ex, backend, exc)
         raise
     except BaseException:
         await stack.aclose()
@@ -54,27 +59,11 @@ async def stream(proxy: TeacherProxy, inc: Incoming) -> Response:
     headers = {**passthrough_headers(resp.headers), **timing_headers(inc, upstream_s)}
     headers.update(_SSE_HEADERS)
     proxy.observe_overhead(inc, upstream_s)
-    body = _relay(proxy, inc, ex, stack, chunks, first)
-    return StreamingResponse(body, headers=headers, media_type="text/event-stream")
+    events = _relay(proxy, inc, ex, stack, chunks, first, backend.edit(inc))
+    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
 
 
-async def _plain(
-    proxy: TeacherProxy, inc: Incoming, ex: Exchange, resp: aiohttp.ClientResponse, sent: float
-) -> Response:
-    body = await proxy.teacher.read(resp)
-    ex.status, ex.response = resp.status, body
-    ex.complete = False
-    ex.error = f"teacher answered HTTP {resp.status} to a stream request"
-    await proxy.capture.record(inc, ex)
-    headers = {
-        **passthrough_headers(resp.headers),
-        **timing_headers(inc, time.perf_counter() - sent),
-    }
-    media_type = resp.headers.get("content-type", "application/json")
-    return Response(body, status_code=resp.status, headers=headers, media_type=media_type)
-
-
-async def _first_event(chunks: AsyncIterator[bytes]) -> bytes:
+async def _first_event(chunks: AsyncIterator[bytes], backend: str) -> bytes:
     """Bytes up to at least the end of the first complete event."""
     buf = b""
     async for chunk in chunks:
@@ -84,7 +73,7 @@ async def _first_event(chunks: AsyncIterator[bytes]) -> bytes:
         if len(buf) > _FIRST_EVENT_MAX:
             break
     raise UpstreamUnreachable(
-        "the teacher's stream ended before its first event", backend="teacher"
+        f"the {backend}'s stream ended before its first event", backend=backend
     )
 
 
@@ -93,22 +82,22 @@ def _raise_if_error(first: bytes, backend: str) -> None:
     error = error_of(data)
     if error is None:
         return
-    message = error.get("message") if isinstance(error, dict) else None
-    raise UpstreamFailed(
-        f"the {backend} stream failed: {message or orjson.dumps(error).decode()}",
-        backend=backend,
-    )
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str) or not message:
+        message = orjson.dumps(error).decode()
+    raise UpstreamFailed(f"the {backend} stream failed: {message}", backend=backend)
 
 
 async def _relay(
-    proxy: TeacherProxy,
+    proxy: Proxy,
     inc: Incoming,
     ex: Exchange,
     stack: AsyncExitStack,
     chunks: AsyncIterator[bytes],
     first: bytes,
+    edit: StreamEdit | None,
 ) -> AsyncIterator[bytes]:
-    raw = [first]
+    kept: list[bytes] = []  # what the client got: the record's response
     held = b""  # the closing [DONE] event, sent once the record is safe
     pending = first
     ex.status = 200
@@ -120,38 +109,53 @@ async def _relay(
                     block, pending = pending[:end], pending[end:]
                     block, done = split_done(block)
                     held += done
+                    if block and edit is not None:
+                        block = edit.events(block)
                     if block:
                         if ex.ttft_ms is None:
                             ex.ttft_ms = (time.perf_counter() - inc.started) * 1000
+                        kept.append(block)
                         yield block
                 chunk = await anext(chunks, None)
                 if chunk is None:
                     break
-                raw.append(chunk)
                 pending += chunk
-        ex.complete = bool(held)
-        if not held:
-            ex.error = "the teacher's stream ended without [DONE]"
+            ex.complete = bool(held) and (edit is None or edit.error is None)
+            if ex.complete and edit is not None:
+                tail, recorded = edit.tail()
+                kept += (tail, recorded)
+                if tail:
+                    yield tail
+        if not ex.complete:
+            relayed = edit.error if edit is not None else None
+            ex.error = relayed or f"the {ex.backend}'s stream ended without [DONE]"
     except UpstreamError as exc:
         ex.error = exc.message
     except (asyncio.CancelledError, GeneratorExit):
         ex.error = "client disconnected"
-        ex.response = b"".join(raw)
+        ex.response = b"".join(kept)
         proxy.metrics.incomplete_streams.labels(inc.metrics_task, "client_disconnect").inc()
         proxy.capture.submit(inc, ex)
         raise
-    ex.response = b"".join(raw)
-    _observe_ttft(proxy, inc, ex)
-    if not ex.complete:
-        log.warning("stream cut", error=ex.error)
-        proxy.metrics.incomplete_streams.labels(inc.metrics_task, "upstream_cut").inc()
-        await proxy.capture.record(inc, ex)
-        yield error_event(ex.error or "stream failed", "upstream_error", "stream_interrupted")
-        return
-    await proxy.capture.record(inc, ex)
-    yield held
+    ex.response = b"".join(kept) + held
+    last = await _finish(proxy, inc, ex, held, relayed_error=edit is not None and bool(edit.error))
+    if last:
+        yield last
 
 
-def _observe_ttft(proxy: TeacherProxy, inc: Incoming, ex: Exchange) -> None:
+async def _finish(
+    proxy: Proxy, inc: Incoming, ex: Exchange, held: bytes, relayed_error: bool
+) -> bytes:
+    """Record the exchange; the bytes that end the client's stream."""
     if ex.ttft_ms is not None:
         proxy.metrics.ttft.labels(inc.metrics_task, ex.backend).observe(ex.ttft_ms / 1000)
+    if ex.complete:
+        await proxy.capture.record(inc, ex)
+        return held
+    log.warning("stream cut", backend=ex.backend, error=ex.error)
+    reason = "upstream_error" if relayed_error else "upstream_cut"
+    proxy.metrics.incomplete_streams.labels(inc.metrics_task, reason).inc()
+    await proxy.capture.record(inc, ex)
+    if relayed_error:  # the upstream's own error event already told the client
+        return b""
+    return error_event(ex.error or "stream failed", "upstream_error", "stream_interrupted")

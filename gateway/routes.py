@@ -20,6 +20,8 @@ class Resolved:
     task: str
     # The model to ask the teacher for; None keeps the client's.
     teacher_model: str | None
+    # The route of the alias the client asked for; None when no route names it.
+    route: RouteConfig | None = None
 
 
 def task_name(raw: str) -> str:
@@ -43,7 +45,7 @@ class RouteTable:
     def resolve(self, model: str, task_header: str | None) -> Resolved:
         route = self._by_alias.get(model)
         if route is not None:
-            return Resolved(route.task, route.teacher_model)
+            return Resolved(route.task, route.teacher_model, route)
         if task_header:
             return Resolved(task_name(task_header), None)
         return Resolved(task_name(model), None)

@@ -1,4 +1,4 @@
-"""One pooled HTTP client per upstream (the teacher now, students later), and the one place
+"""One pooled HTTP client per upstream (the teacher, the student server), and the one place
 where transport errors become ours.
 
 aiohttp rather than httpx's default transport: httpx's pool degrades under concurrency
@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
 
+from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.metrics import Metrics
 
@@ -49,6 +50,22 @@ class Upstream:
         self._max_connections = max_connections
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def configured(
+        cls, name: str, base_url: str, config: UpstreamConfig, metrics: Metrics
+    ) -> Upstream:
+        """The upstream ``name`` at ``base_url``, with the timeouts and pool of ``config``."""
+        return cls(
+            name,
+            base_url,
+            api_key=config.api_key.get_secret_value() if config.api_key else None,
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            connect_retries=config.connect_retries,
+            max_connections=config.max_connections,
+            metrics=metrics,
+        )
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60)

@@ -54,9 +54,8 @@ class RunningGateway:
 
 @pytest.fixture
 def teacher() -> Iterator[FakeTeacher]:
-    fake = FakeTeacher().start()
-    yield fake
-    fake.stop()
+    with FakeTeacher() as fake:
+        yield fake
 
 
 @pytest.fixture

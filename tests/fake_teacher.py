@@ -16,8 +16,6 @@ full is kept in ``sent``.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,78 +23,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
+from tests.loopback import LoopbackServer
 
 
 @dataclass
-class FakeTeacher:
+class FakeTeacher(LoopbackServer):
     mode: str = "ok"
-    received: list[Received] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)
     disconnects: int = 0
-    port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> FakeTeacher:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self._chat)
-            app.router.add_post("/v1/completions", self._chat)
-            app.router.add_post("/v1/embeddings", self._embeddings)
-            app.router.add_get("/v1/models", self._models)
-            self._runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.SockSite(self._runner, sock)
-            self._loop.run_until_complete(site.start())
-            ready.set()
-            self._loop.run_forever()
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-        fut.result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    # -- handlers ----------------------------------------------------------------------------
-    async def _record(self, request: web.Request) -> Received:
-        body = await request.read()
-        rec = Received(request.path, dict(request.headers), body)
-        self.received.append(rec)
-        return rec
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
 
     async def _models(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        await self.record(request)
         data = {
             "object": "list",
             "data": [{"id": "teacher-large", "object": "model", "created": 1, "owned_by": "fake"}],
@@ -104,7 +47,7 @@ class FakeTeacher:
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
     async def _embeddings(self, request: web.Request) -> web.Response:
-        rec = await self._record(request)
+        rec = await self.record(request)
         inputs = rec.json["input"]
         inputs = inputs if isinstance(inputs, list) else [inputs]
         data = [
@@ -123,7 +66,7 @@ class FakeTeacher:
         return web.Response(body=body, content_type="application/json")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        rec = await self._record(request)
+        rec = await self.record(request)
         mode = self.mode
         if mode.startswith("status:"):
             return self._error_status(int(mode.split(":")[1]))

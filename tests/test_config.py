@@ -9,6 +9,8 @@ import pytest
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 
+STUDENT = {"base_url": "http://lorax:8080/v1"}
+
 
 def test_defaults_are_usable() -> None:
     """With nothing configured the gateway has working embedded defaults."""
@@ -57,6 +59,27 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
             {"redaction": {"rules": [{"name": "r", "pattern": "("}]}},
             "config: redaction.rules[0].pattern is not a valid RE2 pattern",
         ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "mode": "student"}], "student": STUDENT},
+            "config: routes[0].adapter is required when mode is 'student'",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "adapter": "t/v1", "mode": "student"}]},
+            "config: student.base_url is required: routes[0] (a) has mode 'student'",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "adapter": "v1"}]},
+            "config: routes[0].adapter must match pattern",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "mode": "canary"}]},
+            "config: routes[0].mode must",
+        ),
+        (
+            {"student": {"base_url": "lorax:8080"}},
+            "config: student.base_url must be an http(s) URL",
+        ),
+        ({"student": {"read_timeout_s": 0}}, "config: student.read_timeout_s must be greater than"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], message: str) -> None:
@@ -64,6 +87,17 @@ def test_bad_values_name_the_key(overrides: dict[str, object], message: str) -> 
     with pytest.raises(ConfigError) as info:
         load_settings(env={}, **overrides)
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_student_settings_from_environment() -> None:
+    """PROTEGE_STUDENT_BASE_URL and PROTEGE_STUDENT_API_KEY set the student upstream."""
+    env = {"PROTEGE_STUDENT_BASE_URL": "http://lorax:8080/v1/", "PROTEGE_STUDENT_API_KEY": "sk-s"}
+    route = {"alias": "tickets", "task": "tickets", "adapter": "tickets/v3", "mode": "student"}
+    s = load_settings(env=env, routes=[route])
+    assert s.student.base_url == "http://lorax:8080/v1"
+    assert s.student.api_key is not None and s.student.api_key.get_secret_value() == "sk-s"
+    assert (s.routes[0].mode, s.routes[0].adapter) == ("student", "tickets/v3")
+    assert load_settings(env={}).student.base_url is None
 
 
 def test_secrets_are_not_echoed() -> None:
