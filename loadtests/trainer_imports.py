@@ -1,0 +1,112 @@
+"""Make the ``trainer`` modules importable on a machine with only the training stack installed.
+
+The modules the training loop needs import more than training does:
+
+    trainer.config   -> gateway.errors -> gateway/__init__.py -> gateway.config (google-re2,
+                        pydantic, PyYAML) and gateway.record (pyarrow); gateway.errors -> orjson
+    trainer.loop     -> structlog
+    trainer.examples -> orjson, pyarrow, gateway.record (through gateway/__init__.py again)
+
+A GPU machine with PyTorch, transformers and peft may lack google-re2, pydantic, structlog and
+orjson. ``prepare()`` then fills the gap, and only then:
+
+- ``gateway`` is registered as a bare package, its ``__init__`` not run, so ``gateway.errors``
+  and ``gateway.record`` load on their own and google-re2, pydantic and PyYAML are never needed;
+- ``structlog`` and ``orjson`` get small stand-ins over the standard ``logging`` and ``json``.
+
+Neither is on the training path: the loop logs at curve points only, and orjson serves example
+files and error bodies. pyarrow has no stand-in (``trainer.examples`` builds a schema at import).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+_GATEWAY_INIT_NEEDS = ("re2", "pydantic", "yaml")
+
+
+def prepare() -> list[str]:
+    """Put the repository on ``sys.path`` and stand in for what is missing; say what was."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if not _installed("pyarrow"):
+        raise SystemExit("trainer_throughput: pyarrow is needed (trainer.examples imports it)")
+    notes = []
+    missing = [name for name in _GATEWAY_INIT_NEEDS if not _installed(name)]
+    if missing and "gateway" not in sys.modules:
+        sys.modules["gateway"] = _bare_package("gateway", ROOT / "gateway")
+        notes.append(f"gateway/__init__.py not run ({', '.join(missing)} not installed)")
+    if not _installed("structlog"):
+        sys.modules["structlog"] = _structlog_stand_in()
+        notes.append("structlog stands in as standard logging")
+    if not _installed("orjson"):
+        sys.modules["orjson"] = _orjson_stand_in()
+        notes.append("orjson stands in as json")
+    return notes
+
+
+def quiet_training_logs() -> None:
+    """Keep the loop's per-point info lines out of the report; warnings still show."""
+    logging.getLogger("trainer").setLevel(logging.WARNING)
+    structlog = sys.modules.get("structlog") or importlib.import_module("structlog")
+    if hasattr(structlog, "make_filtering_bound_logger"):
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def _installed(name: str) -> bool:
+    return name in sys.modules or importlib.util.find_spec(name) is not None
+
+
+def _bare_package(name: str, path: Path) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__path__ = [str(path)]
+    module.__file__ = str(path / "__init__.py")
+    return module
+
+
+class _Logger:
+    """``log.info("event", key=value)`` onto a standard logger."""
+
+    def __init__(self, name: str) -> None:
+        self._log = logging.getLogger(name)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._log.isEnabledFor(level):
+            text = " ".join(f"{k}={v!r}" for k, v in fields.items())
+            self._log.log(level, "%s %s", event, text)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, event, fields)
+
+
+def _structlog_stand_in() -> types.ModuleType:
+    module = types.ModuleType("structlog")
+    module.get_logger = _Logger  # type: ignore[attr-defined]
+    return module
+
+
+def _orjson_dumps(obj: Any, default: Any = None, option: int | None = None) -> bytes:
+    return json.dumps(obj, default=default, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _orjson_stand_in() -> types.ModuleType:
+    module = types.ModuleType("orjson")
+    module.dumps = _orjson_dumps  # type: ignore[attr-defined]
+    module.loads = json.loads  # type: ignore[attr-defined]
+    return module
