@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", help="YAML settings file")
     rec.set_defaults(run=_run_reconcile)
     from trainer.cli import register
+    from trainer.serve.cli import register as register_student
 
     register(sub)
+    register_student(sub)
     return parser
 
 
