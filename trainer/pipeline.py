@@ -114,19 +114,9 @@ def run(opts: RunOptions) -> RunResult:
         loss_curve=[(p.step, p.loss) for p in training.curve],
         ablation=ablation if len(ablation) > 1 else None,
     )  # fmt: skip
-    manifest = {
-        "base_model": ref.model_id,
-        "dataset_snapshot": snapshot,
-        "hyperparameters": cfg.to_dict(),
-        "training": {k: v for k, v in training.to_dict().items() if k != "curve"},
-        "metrics": evaluation.to_dict(),
-        "beats_baseline": evaluation.student_beats_baseline,
-        "ablation": ablation,
-        "prompt_template": tokenizer.chat_template,
-        "input_profile": reference_profile(train_set),
-        "environment": {"torch": torch.__version__, "python": platform.python_version()},
-        "trained": datetime.now(UTC).isoformat(),
-    }
+    manifest = _manifest(ref.model_id, snapshot, cfg, training, evaluation, ablation)
+    manifest["prompt_template"] = tokenizer.chat_template
+    manifest["input_profile"] = reference_profile(train_set)
     (opts.out_dir / RUN_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     if len(ablation) > 1:
         opts.say(ablation_table(ablation))
@@ -137,6 +127,28 @@ def run(opts: RunOptions) -> RunResult:
     if published is not None:
         opts.say(f"[publish] {published.uri}")
     return RunResult(snapshot, adapter_dir, report, evaluation, training, ablation, published)
+
+
+def _manifest(
+    base_model: str,
+    snapshot: str,
+    cfg: TrainConfig,
+    training: TrainResult,
+    evaluation: EvalResult,
+    ablation: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What ``protege.json`` says about a run (prompt template and profile are added)."""
+    return {
+        "base_model": base_model,
+        "dataset_snapshot": snapshot,
+        "hyperparameters": cfg.to_dict(),
+        "training": {k: v for k, v in training.to_dict().items() if k != "curve"},
+        "metrics": evaluation.to_dict(),
+        "beats_baseline": evaluation.student_beats_baseline,
+        "ablation": ablation,
+        "environment": {"torch": torch.__version__, "python": platform.python_version()},
+        "trained": datetime.now(UTC).isoformat(),
+    }
 
 
 def publish_run(run_dir: Path, store: str, task: str) -> Published:
