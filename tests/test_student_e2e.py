@@ -9,7 +9,6 @@ from typing import Any
 
 import openai
 import pytest
-import torch
 
 from tests.spooled import spooled_records
 from tests.test_student_server import PROMPT, RunningStudent, World
@@ -25,25 +24,20 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[RunningStudent, str]]:
+def served(tmp_path: Path, one_torch_thread: None) -> Iterator[tuple[RunningStudent, str]]:
     """A tiny base with an adapter trained on the sentiment examples, published and served."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        save_tiny(tmp_path / "base")
-        model, tokenizer = load_base(resolve_base(str(tmp_path / "base")))
-        cfg = TrainConfig(seq_len=128, max_tokens_per_batch=256, max_steps=30,
-                          learning_rate=1e-2, warmup_steps=2, lora_dropout=0.0)  # fmt: skip
-        student = attach_lora(model, cfg)
-        train(student, tokenizer, tiny_examples(4), cfg, device="cpu")
-        folder = save_adapter(student, tmp_path / "adapter")
-        store = f"file://{tmp_path / 'store'}"
-        adapter = asyncio.run(publish(store, "sentiment", folder, {})).adapter_id
-        server = RunningStudent(World(tmp_path, tmp_path / "base", store, adapter, adapter))
-        yield server, adapter
-        server.stop()
-    finally:
-        torch.set_num_threads(threads)
+    save_tiny(tmp_path / "base")
+    model, tokenizer = load_base(resolve_base(str(tmp_path / "base")))
+    cfg = TrainConfig(seq_len=128, max_tokens_per_batch=256, max_steps=30,
+                      learning_rate=1e-2, warmup_steps=2, lora_dropout=0.0)  # fmt: skip
+    student = attach_lora(model, cfg)
+    train(student, tokenizer, tiny_examples(4), cfg, device="cpu")
+    folder = save_adapter(student, tmp_path / "adapter")
+    store = f"file://{tmp_path / 'store'}"
+    adapter = asyncio.run(publish(store, "sentiment", folder, {})).adapter_id
+    server = RunningStudent(World(tmp_path, tmp_path / "base", store, adapter, adapter))
+    yield server, adapter
+    server.stop()
 
 
 def test_trained_adapter_answers_through_the_gateway(

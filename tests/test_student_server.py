@@ -34,9 +34,12 @@ from trainer.serve.errors import AdapterUnavailable
 from trainer.tiny import save_tiny
 
 # lorax-client 0.6.3 serializes its requests with pydantic's deprecated ``.dict()``.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The `dict` method is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:The `dict` method is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
+    ),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 PROMPT = "Classify the sentiment of the review: I love it!"
 
@@ -84,14 +87,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         shutil.copytree(folder, root / "adapters" / adapter_id)
         ids.append(adapter_id)
     return World(root, root / "base", store, ids[0], ids[1])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
 
 
 class RunningStudent:
