@@ -195,20 +195,10 @@ def _gateway_requests(runs: list[Measurement], ttfb_cmp: TtfbComparison) -> int:
     return wrk_total + ttfb_cmp.gateway.sent + 2  # check_answers sent it two
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def header(args: argparse.Namespace, cores: tuple[int, int]) -> list[str]:
     return [
         f"Gateway overhead: {args.duration} s per run after {args.warmup} s warm-up, "
-        f"{os.cpu_count()} CPUs ({_cpu_model()})",
+        f"{os.cpu_count()} CPUs ({procs.cpu_model()})",
         f"gateway on core {cores[0]}; wrk, fake upstream and TTFB client on core {cores[1]}",
         f"gateway: {args.gateway_cmd}",
     ]
@@ -223,16 +213,6 @@ def footer(spool: dict[str, int]) -> list[str]:
     ]
 
 
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and value != value:  # NaN is not JSON
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def to_json(args: argparse.Namespace, cores: tuple[int, int], outcome: Outcome) -> str:
     data = {
         "config": {
@@ -242,7 +222,7 @@ def to_json(args: argparse.Namespace, cores: tuple[int, int], outcome: Outcome) 
             "gateway_core": cores[0],
             "client_core": cores[1],
             "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": procs.cpu_model(),
         },
         "measurements": [asdict(m) | {"rps": m.wrk.rps} for m in outcome.measurements],
         "comparisons": [asdict(c) for c in outcome.comparisons],
@@ -250,7 +230,7 @@ def to_json(args: argparse.Namespace, cores: tuple[int, int], outcome: Outcome) 
         "targets": [asdict(v) | {"passed": v.passed} for v in outcome.verdicts],
         "spool": outcome.spool,
     }
-    return json.dumps(_json_safe(data), indent=2)
+    return json.dumps(procs.json_safe(data), indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,3 +139,23 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def cpu_model() -> str:
+    """The processor's model name, for the report header."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return "unknown CPU"
+
+
+def json_safe(value: object) -> object:
+    """``value`` with NaN as null and paths as strings, ready for ``json.dumps``."""
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

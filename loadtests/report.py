@@ -77,7 +77,7 @@ class Verdict:
     limit: float
     at_least: bool  # True: value must be >= limit; False: value must be <= limit
     unit: str
-    errors: int  # gateway errors in the runs behind the value; any error fails the target
+    errors: int = 0  # errors in the runs behind the value; any error fails the target
 
     @property
     def passed(self) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from report import Verdict
 from sidecar_run import Sample
 
 MIB: Final = 1024 * 1024
@@ -67,21 +68,6 @@ def rss_profile(samples: Sequence[Sample], segments: int) -> Profile:
     shipping = [s for s in samples if s.segments_left < segments] or list(samples)
     half = [s for s in samples if s.segments_left <= segments // 2] or [samples[-1]]
     return Profile(shipping[0].rss, half[0].rss, samples[-1].rss)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    name: str
-    value: float
-    limit: float
-    at_least: bool  # True: value must be >= limit; False: value must be <= limit
-    unit: str
-
-    @property
-    def passed(self) -> bool:
-        if math.isnan(self.value):
-            return False
-        return self.value >= self.limit if self.at_least else self.value <= self.limit
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, tmp: Path, cores: tuple[int, int]) -> Outcome:
 def header(args: argparse.Namespace, cores: tuple[int, int], outcome: Outcome) -> list[str]:
     b = outcome.backlog
     return [
-        f"Sidecar throughput: {os.cpu_count()} CPUs ({_cpu_model()}); the sidecar and the "
+        f"Sidecar throughput: {os.cpu_count()} CPUs ({procs.cpu_model()}); the sidecar and the "
         f"baseline on core {cores[0]}, moto and this script on core {cores[1]}",
         f"backlog: {len(b.segments)} sealed segments, {b.records:,} records, "
         f"{b.bytes / MIB:,.0f} MiB ({b.bytes / max(b.records, 1):,.0f} B/record), "
@@ -215,24 +215,6 @@ def footer(outcome: Outcome) -> list[str]:
     return lines
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return "unknown CPU"
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float) and value != value:  # NaN is not JSON
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
-
-
 def _row_json(row: Row) -> dict[str, object]:
     return asdict(row) | {"records_per_s": row.rps, "mib_per_s": row.mib_s}
 
@@ -258,7 +240,7 @@ def to_json(
             "sidecar_core": cores[0],
             "other_core": cores[1],
             "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": procs.cpu_model(),
         },
         "backlog": {
             "segments": len(b.segments),
@@ -271,7 +253,7 @@ def to_json(
         "shipped": [_shipped_json(s) for s in outcome.shipped],
         "targets": [asdict(v) | {"passed": v.passed} for v in results],
     }
-    return json.dumps(_json_safe(data), indent=2)
+    return json.dumps(procs.json_safe(data), indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
