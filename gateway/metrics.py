@@ -19,6 +19,9 @@ _LATENCY = (
 # The gateway's own overhead is expected well under a millisecond.
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
+# Agreement scores lie in [0, 1]; most mass is expected near 1.
+_AGREEMENT = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+
 OTHER_TASK = "other"
 
 
@@ -66,6 +69,8 @@ class Metrics:
         r = self.registry
         self._traffic(r)
         self._spool(r)
+        self._rollout(r)
+        self._monitors(r)
 
     def _traffic(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -153,5 +158,97 @@ class Metrics:
         self.spool_full = Gauge(
             "protege_spool_full",
             "1 while the spool is at its cap, else 0.",
+            registry=r,
+        )
+
+    def _rollout(self, r: CollectorRegistry) -> None:
+        self.rollout_percent = Gauge(
+            "protege_rollout_percent",
+            "Share of the task's requests its rollout sends to the student (0-100): 0 for "
+            "teacher and shadow, the percent for canary, 100 for hybrid and student.",
+            ["task"],
+            registry=r,
+        )
+        self.rollout_mode = Gauge(
+            "protege_rollout_mode",
+            "1 for the task's current rollout mode, 0 for its other modes.",
+            ["task", "mode"],
+            registry=r,
+        )
+        self.rollout_changes = Counter(
+            "protege_rollout_changes",
+            "Rollout changes applied, by source (config, admin, guardrail, promotion, store).",
+            ["task", "source"],
+            registry=r,
+        )
+        self.stepbacks = Counter(
+            "protege_rollout_stepbacks",
+            "Automatic step-backs of a rollout by its guardrails, by reason "
+            "(error_rate, check_failures, agreement).",
+            ["task", "reason"],
+            registry=r,
+        )
+        self.hybrid_declined = Counter(
+            "protege_hybrid_declined",
+            "Hybrid requests sent to the teacher before asking the student, by reason "
+            "(drift, too_long, charset).",
+            ["task", "reason"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "protege_shadow_requests",
+            "Shadow calls to the student, by outcome (scored, failed, skipped).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.shadow_agreement = Histogram(
+            "protege_shadow_agreement",
+            "Agreement of the student's shadow answer with the teacher's (0-1), by measure "
+            "(exact, normalized, json_fields, similarity).",
+            ["task", "measure"],
+            buckets=_AGREEMENT,
+            registry=r,
+        )
+        self.shadow_fields = Counter(
+            "protege_shadow_fields",
+            "JSON fields of teacher answers compared in shadow mode, by field.",
+            ["task", "field"],
+            registry=r,
+        )
+        self.shadow_fields_agreed = Counter(
+            "protege_shadow_fields_agreed",
+            "JSON fields on which the student's shadow answer agreed with the teacher's.",
+            ["task", "field"],
+            registry=r,
+        )
+
+    def _monitors(self, r: CollectorRegistry) -> None:
+        self.checks = Counter(
+            "protege_output_checks",
+            "Student answers put through the output checks.",
+            ["task"],
+            registry=r,
+        )
+        self.check_failures = Counter(
+            "protege_output_check_failures",
+            "Student answers failing an output check, by check.",
+            ["task", "check"],
+            registry=r,
+        )
+        self.drift = Gauge(
+            "protege_input_drift",
+            "Drift of the task's live prompts from its adapter's reference profile, by feature "
+            "(length, charset, tokens) and measure (psi, js); above 0.1 is drift.",
+            ["task", "feature", "measure"],
+            registry=r,
+        )
+        self.drift_profiled = Counter(
+            "protege_drift_profiled",
+            "Prompts added to the live drift profiles.",
+            registry=r,
+        )
+        self.drift_dropped = Counter(
+            "protege_drift_dropped",
+            "Prompts left out of the live drift profiles because the monitor was behind.",
             registry=r,
         )
