@@ -19,12 +19,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import orjson
 import re2
 
+from gateway.answers import parse_json_answer
 from trainer.settings import LabelRule
-
-_FENCE = "```"
 
 
 def extract_label(text: str, rule: LabelRule) -> str | None:
@@ -33,21 +31,6 @@ def extract_label(text: str, rule: LabelRule) -> str | None:
         return _label_at_path(text, rule.json_path)
     assert rule.regex is not None  # LabelRule holds exactly one of the two
     return _label_by_regex(text, rule.regex)
-
-
-def parse_json_answer(text: str) -> Any:
-    """An answer parsed as JSON, fences and surrounding whitespace removed.
-
-    Raises ``ValueError`` when what is left is not JSON.
-    """
-    body = text.strip()
-    if body.startswith(_FENCE):
-        # Drop the opening fence line (```json) and a closing fence, if any.
-        body = body.partition("\n")[2] if "\n" in body else body[len(_FENCE) :]
-        body = body.rstrip()
-        if body.endswith(_FENCE):
-            body = body[: -len(_FENCE)]
-    return orjson.loads(body)
 
 
 def label_text(value: Any) -> str | None:

@@ -11,22 +11,28 @@ returns shares in [0, 1]; an empty input scores 0.0. A task is one of three kind
 
 Exact and normalized match are scored for every kind; JSON validity wherever JSON is expected
 (the reference is JSON or the request asked for it), JSON-schema validity wherever the request
-carried a ``response_format`` schema (checked by ``jsonschema`` when it is installed, else by a
-minimal check of ``type``, ``enum``, ``required``, ``properties`` and ``items``).
+carried a ``response_format`` schema. Answers are read (JSON, normalized text, schema checks) by
+``gateway.answers``, as the gateway reads them when it checks and scores a student.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any, Final
 
-import jsonschema
-import orjson
-
+from gateway.answers import (
+    NOT_JSON,
+    conforms,
+    normalize_answer,
+    read_json,
+    response_schema,
+    same_field,
+    wants_json,
+)
+from gateway.answers import parse_json_answer as parse_json_answer  # kept importable from here
 from trainer.examples import Example
-from trainer.labels import extract_label, parse_json_answer
+from trainer.labels import extract_label
 from trainer.settings import LabelRule
 
 CLASSIFICATION: Final = "classification"
@@ -39,37 +45,9 @@ PREVIEW_CHARS: Final = 1000
 # ROUGE-L reads at most this many tokens of each side (the LCS table is O(n·m)).
 ROUGE_MAX_TOKENS: Final = 400
 
-_TRAILING_PUNCTUATION = ".,;:!?\u2026\u3002\uff01\uff1f"  # ellipsis, CJK stops
-_INVALID: Final = object()
-
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-def _parsed(text: str) -> Any:
-    try:
-        return parse_json_answer(text)
-    except ValueError:
-        return _INVALID
-
-
-def _canonical(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def normalize_text(text: str) -> str:
-    """Case-folded, whitespace collapsed and stripped, trailing punctuation removed."""
-    collapsed = " ".join(text.casefold().split())
-    return collapsed.rstrip(_TRAILING_PUNCTUATION).rstrip()
-
-
-def normalize_answer(text: str) -> str:
-    """A JSON object or array as canonical JSON with sorted keys; any other answer as text."""
-    value = _parsed(text)
-    if isinstance(value, dict | list):
-        return _canonical(value).decode()
-    return normalize_text(text)
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -83,7 +61,7 @@ def normalized_match(predictions: Sequence[str], references: Sequence[str]) -> f
 
 def json_validity(predictions: Sequence[str]) -> float:
     """Share of predictions that parse as JSON (fences tolerated, as when labels are read)."""
-    return _mean([float(_parsed(p) is not _INVALID) for p in predictions])
+    return _mean([float(read_json(p) is not NOT_JSON) for p in predictions])
 
 
 @dataclass(frozen=True)
@@ -102,43 +80,16 @@ def field_agreement(predictions: Sequence[str], references: Sequence[str]) -> Fi
     hits: dict[str, list[float]] = {}
     per_example: list[float] = []
     for prediction, reference in zip(predictions, references, strict=True):
-        ref, pred = _parsed(reference), _parsed(prediction)
+        ref, pred = read_json(reference), read_json(prediction)
         if not isinstance(ref, dict):
             per_example.append(float(normalize_answer(prediction) == normalize_answer(reference)))
             continue
-        agree = {key: _same_field(pred, key, value) for key, value in ref.items()}
+        agree = {key: same_field(pred, key, value) for key, value in ref.items()}
         for key, same in agree.items():
             hits.setdefault(key, []).append(float(same))
         per_example.append(_mean([float(v) for v in agree.values()]) if agree else 1.0)
     per_field = {key: _mean(values) for key, values in hits.items()}
     return FieldAgreement(per_field, _mean(list(per_field.values())), per_example)
-
-
-def _same_field(prediction: Any, key: str, value: Any) -> bool:
-    return (
-        isinstance(prediction, dict)
-        and key in prediction
-        and _canonical(prediction[key]) == _canonical(value)
-    )
-
-
-def wants_json(params: dict[str, Any]) -> bool:
-    """Whether the request's ``response_format`` asked for JSON."""
-    response_format = params.get("response_format")
-    return isinstance(response_format, dict) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    )
-
-
-def response_schema(params: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema of a ``{"type": "json_schema", "json_schema": {"schema": …}}`` format."""
-    response_format = params.get("response_format")
-    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
-        return None
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    return schema if isinstance(schema, dict) else None
 
 
 def schema_validity(
@@ -150,29 +101,12 @@ def schema_validity(
     counted.
     """
     checked = [
-        conforms(_parsed(p), s) for p, s in zip(predictions, schemas, strict=True) if s is not None
+        conforms(read_json(p), s)
+        for p, s in zip(predictions, schemas, strict=True)
+        if s is not None
     ]
     counted = [float(c) for c in checked if c is not None]
     return _mean(counted) if counted else None
-
-
-def conforms(value: Any, schema: dict[str, Any]) -> bool | None:
-    """Whether a parsed JSON value satisfies ``schema``; ``None`` when the schema is invalid."""
-    if value is _INVALID:
-        return False
-    validator = _validator(_canonical(schema))
-    return None if validator is None else bool(validator.is_valid(value))
-
-
-@lru_cache(maxsize=32)
-def _validator(schema_json: bytes) -> Any:
-    schema = orjson.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError:
-        return None
-    return cls(schema)
 
 
 @dataclass(frozen=True)
@@ -307,7 +241,7 @@ def task_kind(examples: Sequence[Example], label_rule: LabelRule | None = None) 
     """classification with a label rule; json when every reference is an object; else text."""
     if label_rule is not None:
         return CLASSIFICATION
-    if examples and all(isinstance(_parsed(e.completion), dict) for e in examples):
+    if examples and all(isinstance(read_json(e.completion), dict) for e in examples):
         return JSON
     return TEXT
 
@@ -361,7 +295,7 @@ def evaluate_predictions(
 
 
 def _is_json(text: str) -> bool:
-    return isinstance(_parsed(text), dict | list)
+    return isinstance(read_json(text), dict | list)
 
 
 def _classification_set(
