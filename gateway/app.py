@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import structlog
@@ -15,22 +14,30 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from gateway.adapters import References
+from gateway.admin import Admin, add_admin_routes
 from gateway.asgi import REQUEST_ID, FastLane, error_response, json_response
 from gateway.auth import KeyCheck
+from gateway.background import Background
 from gateway.capture import Exchange, RecordEncoder
 from gateway.config import GatewaySettings, RouteConfig
+from gateway.dispatch import Dispatch
+from gateway.drift import DriftMonitor
 from gateway.errors import ApiError, ServiceUnavailable, UpstreamError, error_body
-from gateway.intake import ENDPOINTS, Incoming, Intake
+from gateway.intake import ENDPOINTS, Intake
 from gateway.metrics import Metrics, TaskLabels
-from gateway.proxy import Backend, Capture, Proxy, TeacherBackend
+from gateway.monitor import Monitor
+from gateway.policy import RolloutPolicy
+from gateway.proxy import Capture, Proxy, TeacherBackend
 from gateway.record import new_id
 from gateway.redact import Redactor
-from gateway.relay import stream
+from gateway.rollouts import Rollouts
 from gateway.routes import RouteTable
-from gateway.routing import choose_backend
+from gateway.shadow import Shadow
 from gateway.spool import SpoolWriter
 from gateway.student import StudentBackend
 from gateway.upstream import Upstream
+from sidecar.store import Store, open_store
 
 log = structlog.get_logger("gateway")
 
@@ -47,11 +54,18 @@ class Gateway:
     student: StudentBackend | None
     spool: SpoolWriter[Exchange]
     proxy: Proxy
+    store: Store
+    background: Background
+    rollouts: Rollouts
+    drift: DriftMonitor
+    dispatch: Dispatch
+    _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: GatewaySettings, metrics: Metrics | None = None) -> Gateway:
         metrics = metrics or Metrics()
         routes = RouteTable(settings.routes)
+        labels = TaskLabels(routes.tasks, settings.metrics.max_dynamic_tasks)
         t, s = settings.teacher, settings.student
         teacher = TeacherBackend(Upstream.configured("teacher", t.base_url, t, metrics))
         student = None
@@ -62,12 +76,31 @@ class Gateway:
         intake = Intake(
             KeyCheck(k.get_secret_value() for k in settings.api_keys),
             routes,
-            TaskLabels(routes.tasks, settings.metrics.max_dynamic_tasks),
+            labels,
             settings.hash_salt.get_secret_value().encode(),
             settings.max_body_bytes,
         )
         proxy = Proxy(Capture(spool, metrics, settings.logging.access_log), metrics)
-        return cls(settings, metrics, intake, routes, teacher, student, spool, proxy)
+        store = open_store(settings.store)
+        background = Background()
+        r = settings.rollouts
+        rollouts = Rollouts(settings.rollouts_by_task(), store, metrics, labels)
+        drift = DriftMonitor(metrics, r.drift_queue)
+        references = References(store, drift, background, labels)
+        monitor = Monitor(rollouts, metrics, background, labels)
+        shadow = None
+        if student is not None:
+            shadow = Shadow(
+                student, proxy.capture, monitor, metrics, background,
+                r.shadow_concurrency, r.shadow_timeout_s,
+            )  # fmt: skip
+        dispatch = Dispatch(
+            proxy, teacher, student, rollouts, monitor, shadow, drift, references, background
+        )
+        return cls(
+            settings, metrics, intake, routes, teacher, student, spool, proxy, store,
+            background, rollouts, drift, dispatch,
+        )  # fmt: skip
 
     @property
     def upstreams(self) -> list[Upstream]:
@@ -77,6 +110,12 @@ class Gateway:
         await asyncio.to_thread(self.spool.start)
         for upstream in self.upstreams:
             await upstream.start()
+        await self.store.start()
+        self.drift.start()
+        await self.rollouts.load()
+        self.rollouts.subscribe(self.dispatch.references.changed)
+        interval = self.settings.rollouts.sync_interval_s
+        self._loops.append(asyncio.create_task(self.rollouts.sync_forever(interval)))
         if not self.settings.api_keys:
             log.warning("no gateway API keys configured: any client is accepted")
         log.info(
@@ -85,11 +124,18 @@ class Gateway:
             student=self.student.upstream.base_url if self.student else None,
             spool=str(self.settings.spool.dir),
             routes=self.routes.aliases,
+            admin=self.settings.rollouts.admin_token is not None,
         )
 
     async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.background.aclose(self.settings.rollouts.shadow_timeout_s)
         for upstream in self.upstreams:
             await upstream.aclose()
+        await asyncio.to_thread(self.drift.stop)
+        await self.store.aclose()
         await self.spool.aclose()
         log.info("gateway stopped")
 
@@ -102,32 +148,7 @@ class Gateway:
         structlog.contextvars.bind_contextvars(task=inc.task)
         if self.settings.spool.on_full == "reject" and self.spool.full:
             raise ServiceUnavailable("the capture spool is full; try again shortly")
-        route = "teacher"
-        student = self._student_for(inc)
-        if student is not None:
-            began = time.perf_counter()
-            try:
-                return await self._answer(inc, student, "student")
-            except UpstreamError as exc:
-                if exc.backend != student.name:
-                    raise
-                inc.failed_upstream_s += time.perf_counter() - began
-                self.metrics.fallbacks.labels(inc.metrics_task, exc.code or "error").inc()
-                log.warning("the student failed; the teacher answers", error=exc.message)
-            route = "fallback"
-        return await self._answer(inc, self.teacher, route)
-
-    def _student_for(self, inc: Incoming) -> StudentBackend | None:
-        """The student, when the route sends ``inc`` there and the student serves its endpoint."""
-        student = self.student
-        if choose_backend(inc.route, student is not None) != "student" or student is None:
-            return None
-        return student if student.serves(inc) else None
-
-    async def _answer(self, inc: Incoming, backend: Backend, route: str) -> Response:
-        if inc.stream:
-            return await stream(self.proxy, inc, backend, route)
-        return await self.proxy.unary(inc, backend, route)
+        return await self.dispatch.answer(inc)
 
 
 def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> FastLane:
@@ -146,6 +167,15 @@ def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Fas
     app.state.gateway = gw
     _add_error_handlers(app)
     _add_routes(app, gw)
+    token = settings.rollouts.admin_token
+    if token is not None:
+        aliases: dict[str, list[str]] = {}
+        for route in settings.routes:
+            aliases.setdefault(route.task, []).append(route.alias)
+        admin = Admin(
+            token.get_secret_value(), gw.rollouts, gw.store, gw.student is not None, aliases
+        )
+        add_admin_routes(app, admin)
     return FastLane(app, gw.forward, {f"/v1{path}": path for path in ENDPOINTS})
 
 
@@ -157,7 +187,7 @@ def _add_routes(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         gw.intake.authorize(request)
-        data = [_route_model(route) for route in gw.settings.routes]
+        data = [_route_model(r, gw.rollouts.policy(r.task)) for r in gw.settings.routes]
         seen = set(gw.routes.aliases)
         teacher = gw.teacher.upstream
         try:
@@ -186,14 +216,15 @@ def _add_routes(app: FastAPI, gw: Gateway) -> None:
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _route_model(route: RouteConfig) -> dict[str, object]:
-    """A route alias as a ``/v1/models`` entry, with its task and student."""
+def _route_model(route: RouteConfig, policy: RolloutPolicy | None) -> dict[str, object]:
+    """A route alias as a ``/v1/models`` entry, with its task and its rollout in force."""
+    mode, adapter = (policy.mode, policy.adapter) if policy else ("teacher", None)
     return {
         "id": route.alias,
         "object": "model",
         "created": 0,
         "owned_by": "protege",
-        "protege": {"task": route.task, "mode": route.mode, "adapter": route.adapter},
+        "protege": {"task": route.task, "mode": mode, "adapter": adapter},
     }
 
 

@@ -42,6 +42,8 @@ class Exchange:
     ttft_ms: float | None = None
     client: str | None = None
     user: str | None = None
+    # Why this backend answered, checks failed, shadow agreement (the record's ``detail``).
+    detail: dict[str, Any] | None = None
     metrics_task: str = field(default="", repr=False)
 
 
@@ -89,6 +91,7 @@ class RecordEncoder:
             "ttft_ms": None if ex.ttft_ms is None else round(ex.ttft_ms, 3),
             "client": ex.client,
             "user": ex.user,
+            "detail": None if ex.detail is None else _text(orjson.dumps(ex.detail)),
         }
         return orjson.dumps(record)
 

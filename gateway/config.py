@@ -9,6 +9,7 @@ Precedence: defaults < YAML file < environment. The environment names are::
     PROTEGE_API_KEYS           api_keys (comma-separated)
     PROTEGE_SPOOL_DIR          spool.dir
     PROTEGE_STORE              store
+    PROTEGE_ADMIN_TOKEN        rollouts.admin_token
 
 A bad value fails start-up with a ``ConfigError`` naming the key, e.g.
 ``config: routes[2].task must be a non-empty string, got ''``.
@@ -22,12 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import re2
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -36,6 +35,8 @@ from pydantic import (
 )
 
 from gateway.errors import ConfigError
+from gateway.policy import KeyProblem, RolloutPolicy, re2_pattern
+from gateway.policy import Model as _Model
 
 _SECRET_KEYS = re.compile(r"key|token|secret|password", re.IGNORECASE)
 M = TypeVar("M", bound=BaseModel)
@@ -58,18 +59,6 @@ def _check_http_url(value: str) -> str:
 
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-
-
-class KeyProblem(ValueError):
-    """A check across several settings, naming the key (relative to the model checked) at fault."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class UpstreamConfig(_Model):
@@ -114,17 +103,9 @@ class RouteConfig(_Model):
     task: str = Field(min_length=1, pattern=f"^{_NAME}$")
     # The model name sent to the teacher; None forwards the client's model unchanged.
     teacher_model: str | None = None
-    # The task's student: a published adapter, <task>/<version>, sent to LoRAX as the model.
-    adapter: str | None = Field(default=None, pattern=f"^{_NAME}/{_NAME}$")
-    # teacher: the teacher answers (and every exchange is logged for training);
-    # student: the adapter answers, the teacher only when the student fails before the first byte.
-    mode: Literal["teacher", "student"] = "teacher"
-
-    @model_validator(mode="after")
-    def _student_has_adapter(self) -> RouteConfig:
-        if self.mode == "student" and self.adapter is None:
-            raise KeyProblem("adapter", "is required when mode is 'student'")
-        return self
+    # The task's rollout: which backend answers, and its guardrails (see gateway.policy).
+    # Aliases of one task share it; at most one of them sets it.
+    rollout: RolloutPolicy = RolloutPolicy()
 
 
 class RedactionRule(_Model):
@@ -137,12 +118,7 @@ class RedactionRule(_Model):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re2.compile(value)
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            raise ValueError(f"is not a valid RE2 pattern ({reason})") from exc
-        return value
+        return re2_pattern(value)
 
 
 class RedactionConfig(_Model):
@@ -188,6 +164,21 @@ class MetricsConfig(_Model):
     max_dynamic_tasks: int = Field(default=50, ge=0)
 
 
+class RolloutSettings(_Model):
+    """How rollouts are administered, shared between replicas and shadowed."""
+
+    # Bearer token of the admin API (/admin/routes); None turns the admin API off.
+    admin_token: SecretStr | None = None
+    # Seconds between reads of the rollout file in the store: how fast replicas converge.
+    sync_interval_s: float = Field(default=5.0, gt=0)
+    # Shadow calls in flight at once per gateway; a request finding none free is not shadowed.
+    shadow_concurrency: int = Field(default=16, ge=1)
+    # Seconds a shadow call may take before it is abandoned (counted as failed).
+    shadow_timeout_s: float = Field(default=30.0, gt=0)
+    # Prompts waiting for the drift monitor; beyond this they are left out (and counted).
+    drift_queue: int = Field(default=10000, ge=1)
+
+
 class GatewaySettings(_Model):
     """Everything ``protege gateway`` needs, validated."""
 
@@ -205,6 +196,7 @@ class GatewaySettings(_Model):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    rollouts: RolloutSettings = RolloutSettings()
     # Where the sidecar ships records: file://DIR or s3://bucket/prefix.
     store: StoreUri = "file://.protege/store"
 
@@ -219,16 +211,38 @@ class GatewaySettings(_Model):
         return routes
 
     @model_validator(mode="after")
+    def _one_rollout_per_task(self) -> GatewaySettings:
+        first: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            if "rollout" not in route.model_fields_set:
+                continue
+            if route.task in first:
+                raise KeyProblem(
+                    f"routes.{i}.rollout",
+                    f"is set for task {route.task!r} by routes[{first[route.task]}] already",
+                )
+            first[route.task] = i
+        return self
+
+    @model_validator(mode="after")
     def _students_are_served(self) -> GatewaySettings:
         if self.student.base_url is not None:
             return self
         for i, route in enumerate(self.routes):
-            if route.mode == "student":
+            if route.rollout.mode != "teacher":
                 raise KeyProblem(
                     "student.base_url",
-                    f"is required: routes[{i}] ({route.alias}) has mode 'student'",
+                    f"is required: routes[{i}] ({route.alias}) has mode {route.rollout.mode!r}",
                 )
         return self
+
+    def rollouts_by_task(self) -> dict[str, RolloutPolicy]:
+        """The configured rollout of every task a route names (the default where none sets one)."""
+        out: dict[str, RolloutPolicy] = {}
+        for route in self.routes:
+            if "rollout" in route.model_fields_set or route.task not in out:
+                out[route.task] = route.rollout
+        return out
 
 
 # Environment variable -> the dotted key it sets.
@@ -239,6 +253,7 @@ _ENV_KEYS = {
     "PROTEGE_STUDENT_API_KEY": "student.api_key",
     "PROTEGE_SPOOL_DIR": "spool.dir",
     "PROTEGE_STORE": "store",
+    "PROTEGE_ADMIN_TOKEN": "rollouts.admin_token",
 }
 
 
@@ -270,24 +285,31 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        index = isinstance(part, int) or part.isdigit()
+        path += f"[{part}]" if index else (f".{part}" if path else str(part))
     return path or "(root)"
+
+
+def problem(exc: ValidationError) -> tuple[str, str]:
+    """The first validation error as (key, ``<problem>, got <value>``)."""
+    err = exc.errors()[0]
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, KeyProblem):
+        return _key_path((*err["loc"], *cause.key.split("."))), str(cause)
+    path = _key_path(tuple(err["loc"]))
+    msg = re.sub(r"^(Input|String|Value) should", "must", err["msg"].removeprefix("Value error, "))
+    if err["type"] == "extra_forbidden":
+        return path, "is not a known setting"
+    if err["type"] == "missing":
+        return path, "is required"
+    shown = "***" if _SECRET_KEYS.search(path) else repr(err.get("input"))
+    return path, f"{msg[:1].lower()}{msg[1:]}, got {shown}"
 
 
 def describe(exc: ValidationError) -> str:
     """The first validation error as ``config: <key> <problem>, got <value>``."""
-    err = exc.errors()[0]
-    cause = err.get("ctx", {}).get("error")
-    if isinstance(cause, KeyProblem):
-        return f"config: {_key_path((*err['loc'], *cause.key.split('.')))} {cause}"
-    path = _key_path(tuple(err["loc"]))
-    msg = re.sub(r"^(Input|String|Value) should", "must", err["msg"].removeprefix("Value error, "))
-    if err["type"] == "extra_forbidden":
-        return f"config: {path} is not a known setting"
-    if err["type"] == "missing":
-        return f"config: {path} is required"
-    shown = "***" if _SECRET_KEYS.search(path) else repr(err.get("input"))
-    return f"config: {path} {msg[:1].lower()}{msg[1:]}, got {shown}"
+    key, text = problem(exc)
+    return f"config: {key} {text}"
 
 
 def gather(

@@ -6,7 +6,9 @@ Everything here happens before the gateway spends anything upstream; every refus
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,14 @@ class Incoming:
     user: str | None
     # Seconds spent on a backend that failed before the one answering was asked (fallback).
     failed_upstream_s: float = 0.0
+    # The student adapter routing chose for this request, if any.
+    adapter: str | None = None
+    # Why routing chose the backend (the record's detail.why); None in plain teacher mode.
+    why: str | None = None
+    # Told of every exchange recorded for this request (shadow scoring, output checks).
+    watch: Callable[[Incoming, Exchange], None] | None = None
+    # Takes the client's exchange once recorded, when a shadow call waits to compare with it.
+    answered: asyncio.Future[Exchange] | None = None
 
     @property
     def model(self) -> str:
@@ -71,6 +81,7 @@ class Incoming:
             adapter=adapter,
             client=self.client,
             user=self.user,
+            detail=None if self.why is None else {"why": self.why},
             metrics_task=self.metrics_task,
         )
 
@@ -90,14 +101,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def parse(body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
-    """The JSON object of the body, with ``model`` and the endpoint's required fields."""
+def json_object(body: bytes, what: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in a request body, or an ``InvalidRequest`` saying what is wrong."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
-        raise InvalidRequest("the body must be a JSON object")
+        raise InvalidRequest(f"the body must be {what}")
+    return obj
+
+
+def parse(body: bytes, required: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object of the body, with ``model`` and the endpoint's required fields."""
+    obj = json_object(body)
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model")

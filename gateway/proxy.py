@@ -125,9 +125,14 @@ class Capture:
         self._metrics = metrics
         self._access_log = access_log
 
-    def submit(self, inc: Incoming, ex: Exchange) -> asyncio.Future[None] | None:
-        """Queue the record and account for the request; the future resolves once written."""
-        latency = time.perf_counter() - inc.started
+    def submit(
+        self, inc: Incoming, ex: Exchange, started: float | None = None
+    ) -> asyncio.Future[None] | None:
+        """Queue the record and account for the request; the future resolves once written.
+
+        ``started``: when the exchange began, if not with the request (a shadow call).
+        """
+        latency = time.perf_counter() - (inc.started if started is None else started)
         ex.latency_ms = latency * 1000
         status = str(ex.status)
         m = self._metrics
@@ -143,6 +148,8 @@ class Capture:
                 complete=ex.complete,
                 latency_ms=round(ex.latency_ms, 2),
             )
+        if inc.watch is not None:
+            inc.watch(inc, ex)
         return self._spool.submit(ex)
 
     async def record(self, inc: Incoming, ex: Exchange) -> None:

@@ -5,6 +5,11 @@ Arrow schema and its version; everything that reads or writes records imports it
 
 In the spool a record is a JSON object whose keys are the schema's column names and whose
 ``ts`` is an integer count of microseconds since the Unix epoch (UTC).
+
+Versions: 1 is the contract's required columns; 2 adds ``detail`` (JSON text, null in teacher
+mode): why this backend answered (``why``), the output checks a student answer failed
+(``checks``) and, in shadow records, its agreement with the teacher's answer (``agreement``).
+Readers of version 1 files see ``detail`` as null.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 ENDPOINTS: Final = ("chat.completions", "completions", "embeddings")
 BACKENDS: Final = ("teacher", "student")
@@ -45,6 +50,7 @@ SCHEMA: Final = pa.schema(
         pa.field("ttft_ms", pa.float64()),
         pa.field("client", pa.string()),
         pa.field("user", pa.string()),
+        pa.field("detail", pa.string()),
     ],
     metadata={"protege.schema_version": str(SCHEMA_VERSION)},
 )

@@ -189,3 +189,26 @@ def _finish_choice(choice: dict[str, Any]) -> dict[str, Any]:
         calls = message.pop("_calls")
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     return choice
+
+
+def replay(completion: dict[str, Any], include_usage: bool) -> bytes:
+    """A whole ``chat.completion`` as the stream a client asked for, ``[DONE]`` included.
+
+    Per choice, one chunk with the role and everything said (text, refusal, tool calls),
+    then one with the finish reason; a usage chunk when the client asked for it.
+    """
+    base = {k: completion.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+    base = {"object": "chat.completion.chunk", **{k: v for k, v in base.items() if v is not None}}
+    events = []
+    for choice in completion.get("choices") or ():
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        delta = {k: v for k, v in message.items() if v is not None}
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
+        said = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+        end = {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
+        events += [{**base, "choices": [said]}, {**base, "choices": [end]}]
+    if include_usage and completion.get("usage") is not None:
+        events.append({**base, "choices": [], "usage": completion["usage"]})
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"

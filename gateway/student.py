@@ -183,10 +183,9 @@ class StudentBackend:
         return inc.endpoint in ENDPOINTS
 
     def adapter(self, inc: Incoming) -> str:
-        adapter = inc.route.adapter if inc.route is not None else None
-        if adapter is None:  # routing sends the student only requests whose route has one
+        if inc.adapter is None:  # routing sends the student only requests it chose one for
             raise RuntimeError(f"task {inc.task!r} has no student adapter")
-        return adapter
+        return inc.adapter
 
     def payload(self, inc: Incoming) -> bytes:
         return student_body(inc.fields, self.adapter(inc))
@@ -211,6 +210,23 @@ class StudentBackend:
 
     def edit(self, inc: Incoming) -> StudentStream:
         return StudentStream(Stamp.of(inc), wants_usage(inc.fields))
+
+    async def complete(self, inc: Incoming, adapter: str) -> dict[str, Any]:
+        """The student's whole answer to ``inc``, asked for without streaming, as an OpenAI
+        ``chat.completion`` (for shadow scoring and hybrid checks). Any answer but a
+        completion — a 4xx included — is a failure the teacher answers for."""
+        body = student_body({**inc.fields, "stream": False}, adapter)
+        async with self.upstream.request("POST", inc.path, body) as resp:
+            raw = await self.upstream.read(resp)
+        obj = _json_object(raw)
+        if resp.status != 200:
+            message, _ = error_parts(obj)
+            raise UpstreamFailed(
+                f"the student answered HTTP {resp.status}: {message}", backend=self.name
+            )
+        if obj is None or not isinstance(obj.get("choices"), list):
+            raise UpstreamFailed("the student's answer is not a chat completion", backend=self.name)
+        return openai_completion(obj, Stamp.of(inc))
 
 
 def _count(value: Any) -> int | None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import Gateway, create_app
 from gateway.config import GatewaySettings, load_settings
 from gateway.metrics import Metrics
 from tests.fake_teacher import FakeTeacher, wait_for
@@ -47,6 +47,17 @@ class RunningGateway:
         self.server.should_exit = True
         self._thread.join(15)
 
+    @property
+    def gateway(self) -> Gateway:
+        """The running app's ``Gateway`` (its rollouts, dispatch and monitors)."""
+        gateway: Gateway = self.app.app.state.gateway  # type: ignore[attr-defined]
+        return gateway
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 10) -> bool:
+        """Whether ``condition`` came true within ``timeout`` seconds (work done in the
+        background: shadow calls, checks, rollout changes)."""
+        return wait_for(condition, timeout)
+
     def metric(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
@@ -67,6 +78,7 @@ def make_gateway(tmp_path: Path, teacher: FakeTeacher) -> Iterator[Callable[...,
             "PROTEGE_TEACHER_BASE_URL": teacher.base_url,
             "PROTEGE_TEACHER_API_KEY": "teacher-secret",
             "PROTEGE_SPOOL_DIR": str(tmp_path / "spool"),
+            "PROTEGE_STORE": f"file://{tmp_path / 'store'}",
         }
         settings = load_settings(env=env, **overrides)
         gw = RunningGateway(settings).start()

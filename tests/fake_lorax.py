@@ -14,14 +14,16 @@ What it reproduces of LoRAX's router:
 ``mode`` decides how it answers the next requests:
     ok            "student: <last user message>", streamed token by token when asked
     status:<N>    HTTP N with a LoRAX error body
-    slow:<S>      wait S seconds before answering
+    slow:<S>      wait S seconds before answering (then as ok)
     error_first   a 200 stream whose first event is an error
     error_mid     a 200 stream: two chunks, an error event, then the end
+``says`` (a function of the request) replaces the "student: …" text when set.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +40,7 @@ _ERROR_TYPES = {422: "validation", 424: "generation", 429: "overloaded"}
 class FakeLorax(LoopbackServer):
     mode: str = "ok"
     api_tokens: list[str | None] = field(default_factory=list)
+    says: Callable[[dict[str, Any]], str] | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -53,7 +56,7 @@ class FakeLorax(LoopbackServer):
             await asyncio.sleep(float(mode.split(":")[1]))
         if req.get("stream"):
             return await self._stream(request, req, mode)
-        tokens = _tokens(req)
+        tokens = _tokens(req, self.says)
         message = {"role": "assistant", "content": "".join(tokens)}
         choice = {"index": 0, "message": message, "finish_reason": _finish(req)}
         body = {**_head("text_completion"), "choices": [choice], "usage": _usage(tokens)}
@@ -64,7 +67,7 @@ class FakeLorax(LoopbackServer):
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        tokens = _tokens(req)
+        tokens = _tokens(req, self.says)
         if mode == "error_first":
             tokens = []
         for i, token in enumerate(tokens):
@@ -85,9 +88,9 @@ class FakeLorax(LoopbackServer):
         return resp
 
 
-def _tokens(req: dict[str, Any]) -> list[str]:
+def _tokens(req: dict[str, Any], says: Callable[[dict[str, Any]], str] | None) -> list[str]:
     last = req["messages"][-1].get("content") or ""
-    words = f"student: {last}".split(" ")
+    words = (says(req) if says else f"student: {last}").split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 

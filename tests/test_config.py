@@ -57,23 +57,51 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"teacher": {"timeout": 3}}, "config: teacher.timeout is not a known setting"),
         (
             {"redaction": {"rules": [{"name": "r", "pattern": "("}]}},
-            "config: redaction.rules[0].pattern is not a valid RE2 pattern",
+            "config: redaction.rules[0].pattern '(' is not a valid RE2 pattern",
         ),
         (
-            {"routes": [{"alias": "a", "task": "t", "mode": "student"}], "student": STUDENT},
-            "config: routes[0].adapter is required when mode is 'student'",
+            {
+                "routes": [{"alias": "a", "task": "t", "rollout": {"mode": "student"}}],
+                "student": STUDENT,
+            },
+            "config: routes[0].rollout.adapter is required when mode is 'student'",
         ),
         (
-            {"routes": [{"alias": "a", "task": "t", "adapter": "t/v1", "mode": "student"}]},
-            "config: student.base_url is required: routes[0] (a) has mode 'student'",
+            {
+                "routes": [
+                    {"alias": "a", "task": "t", "rollout": {"adapter": "t/v1", "mode": "canary"}}
+                ]
+            },
+            "config: student.base_url is required: routes[0] (a) has mode 'canary'",
         ),
         (
-            {"routes": [{"alias": "a", "task": "t", "adapter": "v1"}]},
-            "config: routes[0].adapter must match pattern",
+            {"routes": [{"alias": "a", "task": "t", "rollout": {"adapter": "v1"}}]},
+            "config: routes[0].rollout.adapter must match pattern",
         ),
         (
-            {"routes": [{"alias": "a", "task": "t", "mode": "canary"}]},
-            "config: routes[0].mode must",
+            {"routes": [{"alias": "a", "task": "t", "rollout": {"mode": "blue"}}]},
+            "config: routes[0].rollout.mode must",
+        ),
+        (
+            {
+                "routes": [
+                    {"alias": "a", "task": "t", "rollout": {"mode": "canary", "percent": 140}}
+                ]
+            },
+            "config: routes[0].rollout.percent must be less than or equal to 100, got 140",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "rollout": {"checks": {"must_match": ["("]}}}]},
+            "config: routes[0].rollout.checks.must_match '(' is not a valid RE2 pattern",
+        ),
+        (
+            {
+                "routes": [
+                    {"alias": "a", "task": "t", "rollout": {}},
+                    {"alias": "b", "task": "t", "rollout": {}},
+                ]
+            },
+            "config: routes[1].rollout is set for task 't' by routes[0] already",
         ),
         (
             {"student": {"base_url": "lorax:8080"}},
@@ -92,11 +120,12 @@ def test_bad_values_name_the_key(overrides: dict[str, object], message: str) -> 
 def test_student_settings_from_environment() -> None:
     """PROTEGE_STUDENT_BASE_URL and PROTEGE_STUDENT_API_KEY set the student upstream."""
     env = {"PROTEGE_STUDENT_BASE_URL": "http://lorax:8080/v1/", "PROTEGE_STUDENT_API_KEY": "sk-s"}
-    route = {"alias": "tickets", "task": "tickets", "adapter": "tickets/v3", "mode": "student"}
+    rollout = {"adapter": "tickets/v3", "mode": "student"}
+    route = {"alias": "tickets", "task": "tickets", "rollout": rollout}
     s = load_settings(env=env, routes=[route])
     assert s.student.base_url == "http://lorax:8080/v1"
     assert s.student.api_key is not None and s.student.api_key.get_secret_value() == "sk-s"
-    assert (s.routes[0].mode, s.routes[0].adapter) == ("student", "tickets/v3")
+    assert (s.routes[0].rollout.mode, s.routes[0].rollout.adapter) == ("student", "tickets/v3")
     assert load_settings(env={}).student.base_url is None
 
 

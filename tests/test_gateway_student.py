@@ -13,8 +13,6 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.config import RouteConfig
-from gateway.routing import choose_backend
 from gateway.student import Stamp, StudentStream, error_parts, student_body, usage_of
 from tests.conftest import RunningGateway
 from tests.fake_lorax import PROMPT_TOKENS, FakeLorax
@@ -22,7 +20,7 @@ from tests.fake_teacher import FakeTeacher
 from tests.spooled import spooled_records
 
 ADAPTER = "tickets/v3"
-ROUTE = {"alias": "tickets", "task": "tickets", "adapter": ADAPTER, "mode": "student"}
+ROUTE = {"alias": "tickets", "task": "tickets", "rollout": {"adapter": ADAPTER, "mode": "student"}}
 HELLO = [{"role": "user", "content": "hello there"}]
 
 
@@ -288,7 +286,7 @@ def test_teacher_routes_and_other_endpoints_skip_the_student(
     make_gateway: Any, lorax: FakeLorax, teacher: FakeTeacher
 ) -> None:
     """Mode teacher, unrouted models and non-chat endpoints are answered by the teacher."""
-    routes = [ROUTE, {**ROUTE, "alias": "drafts", "task": "drafts", "mode": "teacher"}]
+    routes = [ROUTE, {**ROUTE, "alias": "drafts", "task": "drafts", "rollout": {"mode": "teacher"}}]
     gw = make_gateway(student={"base_url": lorax.base_url}, routes=routes)
     c = client(gw)
     c.chat.completions.create(model="drafts", messages=HELLO)
@@ -308,22 +306,6 @@ def test_models_list_routes_with_their_students(gw: RunningGateway) -> None:
         "mode": "student",
         "adapter": ADAPTER,
     }
-
-
-@pytest.mark.parametrize(
-    ("route", "student_configured", "backend"),
-    [
-        (None, True, "teacher"),
-        ({"alias": "a", "task": "t"}, True, "teacher"),
-        ({"alias": "a", "task": "t", "adapter": "t/v1"}, True, "teacher"),
-        ({"alias": "a", "task": "t", "adapter": "t/v1", "mode": "student"}, True, "student"),
-        ({"alias": "a", "task": "t", "adapter": "t/v1", "mode": "student"}, False, "teacher"),
-    ],
-)
-def test_choose_backend(route: Any, student_configured: bool, backend: str) -> None:
-    """Only a student route with an adapter and a configured student goes to the student."""
-    config = None if route is None else RouteConfig.model_validate(route)
-    assert choose_backend(config, student_configured) == backend
 
 
 # -- normalization, pure ---------------------------------------------------------------------

@@ -47,7 +47,13 @@ def test_trained_adapter_answers_through_the_gateway(
     client gets an OpenAI answer under its alias, and the record names student and adapter."""
     server, adapter = served
     gw = make_gateway(
-        routes=[{"alias": "sentiment", "task": "sentiment", "mode": "student", "adapter": adapter}],
+        routes=[
+            {
+                "alias": "sentiment",
+                "task": "sentiment",
+                "rollout": {"mode": "student", "adapter": adapter},
+            }
+        ],
         student={"base_url": server.url + "/v1"},
     )
     messages: Any = tiny_examples(1)[0].messages

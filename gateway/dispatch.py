@@ -1,0 +1,190 @@
+"""Answering one admitted request under its task's rollout: teacher, shadow, canary, hybrid or
+student, with the fallbacks and the monitoring each mode calls for.
+
+The decision itself is ``gateway.routing.decide`` (pure); this module gathers its facts, acts
+on it, and tells the monitor what the student did. Teacher mode takes the shortest path: no
+facts, no watching, exactly the proxy it was before rollouts existed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Final
+
+import orjson
+import structlog
+from starlette.responses import Response
+
+from gateway.adapters import References
+from gateway.background import Background
+from gateway.capture import Exchange
+from gateway.drift import DriftMonitor, out_of_bounds
+from gateway.errors import UpstreamError
+from gateway.intake import Incoming
+from gateway.metrics import Metrics
+from gateway.monitor import Monitor
+from gateway.policy import RolloutPolicy
+from gateway.profile import prompt_text
+from gateway.proxy import Backend, Proxy, TeacherBackend, timing_headers
+from gateway.record import new_id
+from gateway.relay import stream
+from gateway.rollouts import Rollouts
+from gateway.routing import Facts, decide
+from gateway.shadow import Shadow, completion_of
+from gateway.sse import replay
+from gateway.student import StudentBackend, wants_usage
+
+log = structlog.get_logger("gateway")
+
+# Reasons hybrid routing sends a request to the teacher without asking the student.
+_DECLINED: Final = frozenset({"drift", "too_long", "charset"})
+
+
+class Dispatch:
+    """Routes admitted requests to their backends and watches the student's answers."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        teacher: TeacherBackend,
+        student: StudentBackend | None,
+        rollouts: Rollouts,
+        monitor: Monitor,
+        shadow: Shadow | None,
+        drift: DriftMonitor,
+        references: References,
+        background: Background,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.proxy = proxy
+        self.teacher = teacher
+        self.student = student
+        self.rollouts = rollouts
+        self.monitor = monitor
+        self.shadow = shadow
+        self.drift = drift
+        self.references = references
+        self.background = background
+        self.rng = rng
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.proxy.metrics
+
+    async def answer(self, inc: Incoming) -> Response:
+        policy = self.rollouts.policy(inc.task)
+        if policy is None or policy.mode == "teacher" or policy.adapter is None:
+            return await self._answer(inc, self.teacher, "teacher")
+        self.drift.observe(inc.task, inc.fields.get("messages"))
+        decision = decide(inc.task, policy, self._facts(inc, policy), self.rng)
+        inc.why, inc.watch = decision.why, self._watch
+        if decision.shadow and self.shadow is not None:
+            inc.answered = self.shadow.start(inc, policy.adapter)
+        if decision.backend == "teacher" or self.student is None:
+            if decision.why in _DECLINED:
+                self.metrics.hybrid_declined.labels(inc.metrics_task, decision.why).inc()
+            return await self._answer(inc, self.teacher, decision.route)
+        inc.adapter = policy.adapter
+        if policy.mode == "hybrid":
+            return await self._hybrid(inc, self.student, decision.route)
+        return await self._student_first(inc, self.student, decision.route)
+
+    def _facts(self, inc: Incoming, policy: RolloutPolicy) -> Facts:
+        served = self.student is not None and self.student.serves(inc)
+        facts = Facts(inc.user or inc.client, served)
+        if policy.mode != "hybrid" or not served:
+            return facts
+        text = prompt_text(inc.fields.get("messages"))
+        reference = self.references.profile(inc.task)
+        if reference is not None:
+            bounds = out_of_bounds(text, reference, policy.max_prompt_chars)
+        elif policy.max_prompt_chars is not None and len(text) > policy.max_prompt_chars:
+            bounds = "too_long"
+        else:
+            bounds = None
+        return Facts(facts.sticky_key, served, self.drift.score(inc.task), bounds)
+
+    async def _answer(self, inc: Incoming, backend: Backend, route: str) -> Response:
+        if inc.stream:
+            return await stream(self.proxy, inc, backend, route)
+        return await self.proxy.unary(inc, backend, route)
+
+    async def _student_first(self, inc: Incoming, student: StudentBackend, route: str) -> Response:
+        """canary/student: the student answers; the teacher when it fails before a byte."""
+        began = time.perf_counter()
+        try:
+            return await self._answer(inc, student, route)
+        except UpstreamError as exc:
+            if exc.backend != student.name:
+                raise
+            inc.failed_upstream_s += time.perf_counter() - began
+            return await self._fall_back(inc, exc.code or "error", "student_failed", exc.message)
+
+    async def _fall_back(self, inc: Incoming, reason: str, why: str, message: str) -> Response:
+        self.metrics.fallbacks.labels(inc.metrics_task, reason).inc()
+        log.warning("the teacher answers for the student", reason=reason, error=message)
+        inc.why = why
+        return await self._answer(inc, self.teacher, "fallback")
+
+    async def _hybrid(self, inc: Incoming, student: StudentBackend, route: str) -> Response:
+        """The student's whole answer, checked before any byte reaches the client; the
+        teacher's instead when it fails a check or the student fails."""
+        began = time.perf_counter()
+        ex = inc.exchange(student.name, route, inc.adapter)
+        try:
+            completion = await student.complete(inc, student.adapter(inc))
+        except UpstreamError as exc:
+            self.monitor.called(inc.task, failed=True)
+            await self.proxy.fail(inc, ex, student, exc)
+            inc.failed_upstream_s += time.perf_counter() - began
+            return await self._fall_back(inc, exc.code or "error", "student_failed", exc.message)
+        upstream_s = time.perf_counter() - began
+        failed = self.monitor.checks(inc.task).run(inc.fields, completion)
+        self.monitor.called(inc.task, failed=False)
+        self.monitor.checked(inc.task, failed)
+        ex.detail = {"why": inc.why, "checks": list(failed)}
+        ex.status, ex.complete = 200, True
+        if inc.stream:
+            ex.response = replay(completion, wants_usage(inc.fields))
+            ex.ttft_ms = (time.perf_counter() - inc.started) * 1000
+        else:
+            ex.response = orjson.dumps(completion)
+        if failed:
+            # The rejected answer is kept (under its own id) for whoever curates the data.
+            ex.request_id = new_id()
+            await self.proxy.capture.record(inc, ex)
+            inc.failed_upstream_s += upstream_s
+            reason = f"check_{failed[0]}"
+            return await self._fall_back(inc, reason, "check_failed", ",".join(failed))
+        await self.proxy.capture.record(inc, ex)
+        self.proxy.observe_overhead(inc, upstream_s)
+        media = "text/event-stream" if inc.stream else "application/json"
+        return Response(ex.response, headers=timing_headers(inc, upstream_s), media_type=media)
+
+    def _watch(self, inc: Incoming, ex: Exchange) -> None:
+        """Told of each exchange recorded for a request under a rollout."""
+        if ex.shadow_of is not None:
+            return
+        if ex.backend == "teacher":
+            if inc.answered is not None and not inc.answered.done():
+                inc.answered.set_result(ex)
+            return
+        if ex.route == "hybrid":
+            return  # judged where it was asked
+        cut = ex.status == 200 and not ex.complete and ex.error != "client disconnected"
+        self.monitor.called(inc.task, failed=ex.status >= 500 or cut)
+        if ex.status == 200 and ex.complete:
+            self.background.spawn(self._check(inc, ex), f"checks-{ex.request_id}")
+
+    async def _check(self, inc: Incoming, ex: Exchange) -> None:
+        """Run the output checks on a student answer already sent (counted, not acted on)."""
+        checks = self.monitor.checks(inc.task)
+
+        def run() -> tuple[str, ...]:
+            completion = completion_of(ex)
+            return () if completion is None else checks.run(inc.fields, completion)
+
+        self.monitor.checked(inc.task, await asyncio.to_thread(run))

@@ -1,0 +1,132 @@
+"""Shadow calls: the student answers a sampled request in the background, never the client.
+
+The call starts with the request (so it overlaps the teacher's), runs in ``Background`` (awaited
+on shutdown), and is bounded: a request finding ``concurrency`` calls in flight is not shadowed
+(counted as skipped). Once both answers are in, the student's is checked and scored against the
+teacher's off the event loop, and recorded as its own exchange (``route=shadow``,
+``shadow_of`` = the client's request id, ``detail`` = checks and agreement). Nothing here can
+delay or fail the client's request: its answer only resolves a future this side awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.agreement import Agreement, score
+from gateway.background import Background
+from gateway.capture import Exchange
+from gateway.checks import OutputChecks
+from gateway.errors import UpstreamError
+from gateway.intake import Incoming
+from gateway.metrics import Metrics
+from gateway.monitor import Monitor
+from gateway.proxy import Capture
+from gateway.record import new_id
+from gateway.sse import assemble
+from gateway.student import StudentBackend
+
+log = structlog.get_logger("gateway")
+
+
+def completion_of(ex: Exchange) -> dict[str, Any] | None:
+    """The answer an exchange recorded, as a completion; None unless it completed."""
+    if ex.status != 200 or not ex.complete or ex.response is None:
+        return None
+    if ex.stream:
+        return assemble(ex.response, ex.endpoint).response
+    try:
+        obj = orjson.loads(ex.response)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def judge(
+    checks: OutputChecks, fields: dict[str, Any], student: dict[str, Any], teacher: Exchange | None
+) -> tuple[tuple[str, ...], Agreement | None]:
+    """(failed checks, agreement with the teacher's answer if it completed): pure, off-loop."""
+    failed = checks.run(fields, student)
+    reference = None if teacher is None else completion_of(teacher)
+    return failed, None if reference is None else score(reference, student)
+
+
+class Shadow:
+    """Starts, bounds and accounts for shadow calls to the student."""
+
+    def __init__(
+        self,
+        student: StudentBackend,
+        capture: Capture,
+        monitor: Monitor,
+        metrics: Metrics,
+        background: Background,
+        concurrency: int,
+        timeout_s: float,
+    ) -> None:
+        self._student = student
+        self._capture = capture
+        self._monitor = monitor
+        self._metrics = metrics
+        self._background = background
+        self._concurrency = concurrency
+        self._timeout_s = timeout_s
+        self.in_flight = 0
+
+    def start(self, inc: Incoming, adapter: str) -> asyncio.Future[Exchange] | None:
+        """Shadow ``inc`` with ``adapter``; the future takes the client's exchange when it is
+        recorded. None: not shadowed (too many in flight, or shutting down)."""
+        if self.in_flight >= self._concurrency:
+            self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
+            return None
+        answered: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
+        call = self._run(inc, adapter, answered)
+        if self._background.spawn(call, f"shadow-{inc.request_id}") is None:
+            return None
+        self.in_flight += 1
+        return answered
+
+    async def _run(self, inc: Incoming, adapter: str, answered: asyncio.Future[Exchange]) -> None:
+        started = time.perf_counter()
+        ex = inc.exchange("student", "shadow", adapter)
+        ex.request_id, ex.shadow_of, ex.stream = new_id(), inc.request_id, False
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                completion = await self._student.complete(inc, adapter)
+        except (UpstreamError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            ex.status = 504 if timed_out else getattr(exc, "status", 502)
+            ex.error = "the shadow call timed out" if timed_out else str(exc)
+            self._metrics.shadow_requests.labels(inc.metrics_task, "failed").inc()
+            self._capture.submit(inc, ex, started)
+            return
+        finally:
+            self.in_flight -= 1
+        teacher = await self._teacher(answered)
+        ex.status, ex.complete = 200, True
+        ex.response = orjson.dumps(completion)
+        checks = self._monitor.checks(inc.task)
+        failed, agreement = await asyncio.to_thread(judge, checks, inc.fields, completion, teacher)
+        self._monitor.checked(inc.task, failed)
+        if agreement is not None:
+            self._monitor.scored(inc.task, agreement)
+        ex.detail = {
+            "why": "shadow",
+            "checks": list(failed),
+            "agreement": None if agreement is None else agreement.to_dict(),
+        }
+        outcome = "scored" if agreement is not None else "unscored"
+        self._metrics.shadow_requests.labels(inc.metrics_task, outcome).inc()
+        self._capture.submit(inc, ex, started)
+
+    async def _teacher(self, answered: asyncio.Future[Exchange]) -> Exchange | None:
+        """The client's exchange once recorded; None if it never is (its request failed
+        before capture) within the shadow timeout."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(answered), self._timeout_s)
+        except TimeoutError:
+            return None
