@@ -70,7 +70,8 @@ class Gateway:
         teacher = TeacherBackend(Upstream.configured("teacher", t.base_url, t, metrics))
         student = None
         if s.base_url is not None:
-            student = StudentBackend(Upstream.configured("student", s.base_url, s, metrics))
+            upstream = Upstream.configured("student", s.base_url, s, metrics)
+            student = StudentBackend(upstream, s.adapter_prefix)
         encoder = RecordEncoder(Redactor.from_config(settings.redaction), metrics)
         spool: SpoolWriter[Exchange] = SpoolWriter(settings.spool, encoder, metrics)
         intake = Intake(

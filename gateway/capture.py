@@ -8,15 +8,19 @@ serializes — all the costly work, away from the event loop.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import structlog
 
 from gateway.metrics import Metrics
 from gateway.record import SCHEMA_VERSION
 from gateway.redact import Redactor
 from gateway.sse import assemble, json_member
+
+log = structlog.get_logger("gateway")
 
 
 @dataclass(slots=True)
@@ -44,6 +48,9 @@ class Exchange:
     user: str | None = None
     # Why this backend answered, checks failed, shadow agreement (the record's ``detail``).
     detail: dict[str, Any] | None = None
+    # Told, from the writer thread, of the answer as recorded (streams assembled; None unless
+    # it completed with 200): a shadow call compares with it without assembling it again.
+    answered: Callable[[bytes | None], None] | None = field(default=None, repr=False)
     metrics_task: str = field(default="", repr=False)
 
 
@@ -65,6 +72,8 @@ class RecordEncoder:
 
     def __call__(self, ex: Exchange) -> bytes:
         response, usage, complete, error = self._response(ex)
+        if ex.answered is not None:
+            self._hand_over(ex, response if complete and ex.status == 200 else None)
         prompt_tokens = _int(usage, "prompt_tokens")
         completion_tokens = _int(usage, "completion_tokens")
         if ex.status == 200:
@@ -94,6 +103,15 @@ class RecordEncoder:
             "detail": None if ex.detail is None else _text(orjson.dumps(ex.detail)),
         }
         return orjson.dumps(record)
+
+    @staticmethod
+    def _hand_over(ex: Exchange, response: bytes | None) -> None:
+        """Tell whoever waits for the answer; their failure never costs the record."""
+        assert ex.answered is not None
+        try:
+            ex.answered(response)
+        except Exception:
+            log.exception("answer hand-over failed; the record is kept")
 
     def _response(self, ex: Exchange) -> tuple[bytes | None, Any, bool, str | None]:
         """(response JSON, usage, complete, error) of the exchange."""

@@ -10,6 +10,7 @@ Precedence: defaults < YAML file < environment. The environment names are::
     PROTEGE_SPOOL_DIR          spool.dir
     PROTEGE_STORE              store
     PROTEGE_ADMIN_TOKEN        rollouts.admin_token
+    PROTEGE_HASH_SALT          hash_salt
 
 A bad value fails start-up with a ``ConfigError`` naming the key, e.g.
 ``config: routes[2].task must be a non-empty string, got ''``.
@@ -90,6 +91,10 @@ class StudentConfig(UpstreamConfig):
 
     # Its OpenAI route, e.g. http://lorax:8080/v1; None: no student, the teacher answers all.
     base_url: HttpUrl | None = None
+    # Put before <task>/<version> in the model the student is asked for: LoRAX loading from S3
+    # wants the adapter's location, e.g. s3://bucket/prefix/adapters/; the local student
+    # server resolves <task>/<version> in its store itself (empty).
+    adapter_prefix: str = ""
     connect_timeout_s: float = Field(default=1.0, gt=0)
     connect_retries: int = Field(default=1, ge=0, le=10)
     read_timeout_s: float = Field(default=60.0, gt=0)
@@ -254,6 +259,7 @@ _ENV_KEYS = {
     "PROTEGE_SPOOL_DIR": "spool.dir",
     "PROTEGE_STORE": "store",
     "PROTEGE_ADMIN_TOKEN": "rollouts.admin_token",
+    "PROTEGE_HASH_SALT": "hash_salt",
 }
 
 

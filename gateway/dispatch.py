@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -21,6 +21,7 @@ from starlette.responses import Response
 from gateway.adapters import References
 from gateway.background import Background
 from gateway.capture import Exchange
+from gateway.checks import OutputChecks
 from gateway.drift import DriftMonitor, out_of_bounds
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
@@ -33,7 +34,7 @@ from gateway.record import new_id
 from gateway.relay import stream
 from gateway.rollouts import Rollouts
 from gateway.routing import Facts, decide
-from gateway.shadow import Shadow, completion_of
+from gateway.shadow import INLINE_BYTES, Shadow, completion_of, resolver
 from gateway.sse import replay
 from gateway.student import StudentBackend, wants_usage
 
@@ -169,22 +170,31 @@ class Dispatch:
         if ex.shadow_of is not None:
             return
         if ex.backend == "teacher":
-            if inc.answered is not None and not inc.answered.done():
-                inc.answered.set_result(ex)
+            if inc.answered is not None and ex.answered is None:
+                ex.answered = resolver(inc.answered)
             return
         if ex.route == "hybrid":
             return  # judged where it was asked
         cut = ex.status == 200 and not ex.complete and ex.error != "client disconnected"
         self.monitor.called(inc.task, failed=ex.status >= 500 or cut)
-        if ex.status == 200 and ex.complete:
-            self.background.spawn(self._check(inc, ex), f"checks-{ex.request_id}")
-
-    async def _check(self, inc: Incoming, ex: Exchange) -> None:
-        """Run the output checks on a student answer already sent (counted, not acted on)."""
+        if not (ex.status == 200 and ex.complete):
+            return
+        # The output checks on an answer already sent: counted, not acted on. A small plain
+        # answer is checked here (microseconds); a stream must be assembled first, off the loop.
         checks = self.monitor.checks(inc.task)
+        if ex.stream or len(ex.response or b"") > INLINE_BYTES:
+            work = self._check_off_loop(inc.task, checks, inc.fields, ex)
+            self.background.spawn(work, f"checks-{ex.request_id}")
+        else:
+            self.monitor.checked(inc.task, _run_checks(checks, inc.fields, ex))
 
-        def run() -> tuple[str, ...]:
-            completion = completion_of(ex)
-            return () if completion is None else checks.run(inc.fields, completion)
+    async def _check_off_loop(
+        self, task: str, checks: OutputChecks, fields: dict[str, Any], ex: Exchange
+    ) -> None:
+        failed = await asyncio.to_thread(_run_checks, checks, fields, ex)
+        self.monitor.checked(task, failed)
 
-        self.monitor.checked(inc.task, await asyncio.to_thread(run))
+
+def _run_checks(checks: OutputChecks, fields: dict[str, Any], ex: Exchange) -> tuple[str, ...]:
+    completion = completion_of(ex)
+    return () if completion is None else checks.run(fields, completion)

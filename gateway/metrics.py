@@ -197,14 +197,16 @@ class Metrics:
         )
         self.shadow_requests = Counter(
             "protege_shadow_requests",
-            "Shadow calls to the student, by outcome (scored, failed, skipped).",
+            "Shadow calls to the student, by outcome (scored; unscored: the teacher's answer did "
+            "not complete; failed; skipped: too many in flight).",
             ["task", "outcome"],
             registry=r,
         )
         self.shadow_agreement = Histogram(
             "protege_shadow_agreement",
             "Agreement of the student's shadow answer with the teacher's (0-1), by measure "
-            "(exact, normalized, json_fields, similarity).",
+            "(exact, normalized, json_fields, similarity; overall: what the guardrail judges, "
+            "json_fields for JSON answers, else similarity).",
             ["task", "measure"],
             buckets=_AGREEMENT,
             registry=r,
@@ -222,10 +224,34 @@ class Metrics:
             registry=r,
         )
 
+    def prepare(self, task: str, mode: str) -> None:
+        """Create a rolled-out task's series at 0, so that ``rate()`` sees their first burst:
+        Prometheus only learns of a labelled series when it is first scraped."""
+        if mode != "teacher":
+            self.requests.labels(task, "student", mode, "200")
+            self.checks.labels(task)
+            self.checks_failed.labels(task)
+            for reason in ("upstream_error", "upstream_unreachable", "upstream_timeout"):
+                self.fallbacks.labels(task, reason)
+            for reason in ("error_rate", "check_failures", "agreement"):
+                self.stepbacks.labels(task, reason)
+        if mode == "shadow":
+            for outcome in ("scored", "unscored", "failed", "skipped"):
+                self.shadow_requests.labels(task, outcome)
+        if mode == "hybrid":
+            for reason in ("drift", "too_long", "charset"):
+                self.hybrid_declined.labels(task, reason)
+
     def _monitors(self, r: CollectorRegistry) -> None:
         self.checks = Counter(
             "protege_output_checks",
             "Student answers put through the output checks.",
+            ["task"],
+            registry=r,
+        )
+        self.checks_failed = Counter(
+            "protege_output_checks_failed",
+            "Student answers failing at least one output check (what the guardrail counts).",
             ["task"],
             registry=r,
         )

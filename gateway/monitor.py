@@ -27,7 +27,7 @@ log = structlog.get_logger("gateway")
 
 # JSON fields per task given their own agreement series; later ones are counted as "other".
 MAX_FIELDS: Final = 32
-_MEASURES: Final = ("exact", "normalized", "similarity")
+_MEASURES: Final = ("exact", "normalized", "similarity", "overall")
 
 
 class Monitor:
@@ -79,6 +79,8 @@ class Monitor:
         """A student answer went through the task's checks and failed ``failed``."""
         label = self._labels(task)
         self._metrics.checks.labels(label).inc()
+        if failed:
+            self._metrics.checks_failed.labels(label).inc()
         for name in failed:
             self._metrics.check_failures.labels(label, name).inc()
         self._window(task).checked(self._clock(), bool(failed))

@@ -127,7 +127,7 @@ class RolloutPolicy(Model):
     percent: float = Field(default=0.0, ge=0, le=100)
     # The task's student: a published adapter <task>/<version>, the model LoRAX is asked for.
     adapter: str | None = Field(default=None, pattern=f"^{_NAME}/{_NAME}$")
-    # shadow: share of requests also sent to the student.
+    # shadow: share of requests also sent to the student (in shadow mode only).
     shadow_percent: float = Field(default=100.0, ge=0, le=100)
     # Seconds of traffic the guardrails, the shadow agreement and the live drift profile see.
     window_s: float = Field(default=300.0, ge=10, le=86400)

@@ -150,7 +150,10 @@ class Capture:
             )
         if inc.watch is not None:
             inc.watch(inc, ex)
-        return self._spool.submit(ex)
+        written = self._spool.submit(ex)
+        if written is None and ex.answered is not None:
+            ex.answered(None)  # not captured: nobody waits for its encoding
+        return written
 
     async def record(self, inc: Incoming, ex: Exchange) -> None:
         """``submit``, then wait until the record is in the spool."""

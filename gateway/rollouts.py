@@ -240,3 +240,4 @@ class Rollouts:
         for mode in MODES:
             current = (policy.mode if policy else "teacher") == mode
             self._metrics.rollout_mode.labels(label, mode).set(float(current))
+        self._metrics.prepare(label, policy.mode if policy else "teacher")

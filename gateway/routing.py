@@ -78,9 +78,7 @@ def decide(
     if mode == "canary":
         if in_canary(policy.percent, task, facts.sticky_key, rng):
             return Decision("student", mode, "canary")
-        # The teacher's side of a canary keeps feeding the shadow agreement.
-        shadow = sampled(policy.shadow_percent, rng)
-        return Decision("teacher", mode, "not_canary", shadow)
+        return Decision("teacher", mode, "not_canary")
     if mode == "hybrid":
         if facts.out_of_bounds is not None:
             return Decision("teacher", mode, facts.out_of_bounds)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -32,6 +33,10 @@ from gateway.student import StudentBackend
 
 log = structlog.get_logger("gateway")
 
+# Answers up to this size (both together) are judged on the event loop: assembling, checking
+# and scoring them costs less than handing them to a thread.
+INLINE_BYTES: Final = 16 * 1024
+
 
 def completion_of(ex: Exchange) -> dict[str, Any] | None:
     """The answer an exchange recorded, as a completion; None unless it completed."""
@@ -46,13 +51,33 @@ def completion_of(ex: Exchange) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:
+    """A callback, safe from any thread, that resolves ``future`` on its loop (once)."""
+    loop = future.get_loop()
+
+    def resolve(body: bytes | None) -> None:
+        if not future.done():
+            future.set_result(body)
+
+    def hand_over(body: bytes | None) -> None:
+        if not loop.is_closed():  # a stopped gateway has nobody waiting
+            loop.call_soon_threadsafe(resolve, body)
+
+    return hand_over
+
+
 def judge(
-    checks: OutputChecks, fields: dict[str, Any], student: dict[str, Any], teacher: Exchange | None
+    checks: OutputChecks, fields: dict[str, Any], student: dict[str, Any], teacher: bytes | None
 ) -> tuple[tuple[str, ...], Agreement | None]:
-    """(failed checks, agreement with the teacher's answer if it completed): pure, off-loop."""
+    """(failed checks, agreement with the teacher's recorded answer if it completed): pure."""
     failed = checks.run(fields, student)
-    reference = None if teacher is None else completion_of(teacher)
-    return failed, None if reference is None else score(reference, student)
+    try:
+        reference = None if teacher is None else orjson.loads(teacher)
+    except orjson.JSONDecodeError:
+        reference = None
+    if not isinstance(reference, dict):
+        return failed, None
+    return failed, score(reference, student)
 
 
 class Shadow:
@@ -77,20 +102,22 @@ class Shadow:
         self._timeout_s = timeout_s
         self.in_flight = 0
 
-    def start(self, inc: Incoming, adapter: str) -> asyncio.Future[Exchange] | None:
-        """Shadow ``inc`` with ``adapter``; the future takes the client's exchange when it is
-        recorded. None: not shadowed (too many in flight, or shutting down)."""
+    def start(self, inc: Incoming, adapter: str) -> asyncio.Future[bytes | None] | None:
+        """Shadow ``inc`` with ``adapter``; the future takes the client's answer once recorded
+        (see ``Exchange.answered``). None: not shadowed (too many in flight, or stopping)."""
         if self.in_flight >= self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
             return None
-        answered: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         call = self._run(inc, adapter, answered)
         if self._background.spawn(call, f"shadow-{inc.request_id}") is None:
             return None
         self.in_flight += 1
         return answered
 
-    async def _run(self, inc: Incoming, adapter: str, answered: asyncio.Future[Exchange]) -> None:
+    async def _run(
+        self, inc: Incoming, adapter: str, answered: asyncio.Future[bytes | None]
+    ) -> None:
         started = time.perf_counter()
         ex = inc.exchange("student", "shadow", adapter)
         ex.request_id, ex.shadow_of, ex.stream = new_id(), inc.request_id, False
@@ -110,7 +137,11 @@ class Shadow:
         ex.status, ex.complete = 200, True
         ex.response = orjson.dumps(completion)
         checks = self._monitor.checks(inc.task)
-        failed, agreement = await asyncio.to_thread(judge, checks, inc.fields, completion, teacher)
+        args = (checks, inc.fields, completion, teacher)
+        if teacher is not None and len(teacher) + len(ex.response) > INLINE_BYTES:
+            failed, agreement = await asyncio.to_thread(judge, *args)
+        else:  # tens of microseconds: cheaper here than a thread hop
+            failed, agreement = judge(*args)
         self._monitor.checked(inc.task, failed)
         if agreement is not None:
             self._monitor.scored(inc.task, agreement)
@@ -123,9 +154,9 @@ class Shadow:
         self._metrics.shadow_requests.labels(inc.metrics_task, outcome).inc()
         self._capture.submit(inc, ex, started)
 
-    async def _teacher(self, answered: asyncio.Future[Exchange]) -> Exchange | None:
-        """The client's exchange once recorded; None if it never is (its request failed
-        before capture) within the shadow timeout."""
+    async def _teacher(self, answered: asyncio.Future[bytes | None]) -> bytes | None:
+        """The client's answer once recorded; None if it did not complete, or is not recorded
+        within the shadow timeout (its request failed before capture)."""
         try:
             return await asyncio.wait_for(asyncio.shield(answered), self._timeout_s)
         except TimeoutError:

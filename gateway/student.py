@@ -176,8 +176,9 @@ class StudentBackend:
     name = "student"
     falls_back = True
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, adapter_prefix: str = "") -> None:
         self.upstream = upstream
+        self._prefix = adapter_prefix
 
     def serves(self, inc: Incoming) -> bool:
         return inc.endpoint in ENDPOINTS
@@ -188,7 +189,7 @@ class StudentBackend:
         return inc.adapter
 
     def payload(self, inc: Incoming) -> bytes:
-        return student_body(inc.fields, self.adapter(inc))
+        return student_body(inc.fields, self._prefix + self.adapter(inc))
 
     def answer(self, inc: Incoming, status: int, body: bytes) -> bytes:
         obj = _json_object(body)
@@ -215,7 +216,7 @@ class StudentBackend:
         """The student's whole answer to ``inc``, asked for without streaming, as an OpenAI
         ``chat.completion`` (for shadow scoring and hybrid checks). Any answer but a
         completion — a 4xx included — is a failure the teacher answers for."""
-        body = student_body({**inc.fields, "stream": False}, adapter)
+        body = student_body({**inc.fields, "stream": False}, self._prefix + adapter)
         async with self.upstream.request("POST", inc.path, body) as resp:
             raw = await self.upstream.read(resp)
         obj = _json_object(raw)

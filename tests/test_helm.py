@@ -285,7 +285,8 @@ def pod_spec_labels(workload: dict[str, Any]) -> dict[str, str]:
 
 
 def test_lorax_serves_adapters_from_s3_and_the_gateway_uses_it(chart: helm_python.Chart) -> None:
-    """LoRAX runs on a GPU with --adapter-source s3, and the gateway's student is its Service."""
+    """LoRAX runs on a GPU with --adapter-source s3, the gateway's student is its Service, and
+    the gateway asks it for adapters where the trainer publishes them in the store."""
     objects = render(chart, ci_values("lorax-values.yaml"))
     lorax = only(objects, "Deployment", "lorax")
     pod = pod_spec(lorax)
@@ -299,7 +300,10 @@ def test_lorax_serves_adapters_from_s3_and_the_gateway_uses_it(chart: helm_pytho
     service = only(objects, "Service", "lorax")
     port = service["spec"]["ports"][0]["port"]
     expected = f"http://{service['metadata']['name']}:{port}/v1"
-    assert config_file(objects)["student"]["base_url"] == expected
+    student = config_file(objects)["student"]
+    assert student["base_url"] == expected
+    store = ci_values("lorax-values.yaml")["store"]["uri"].rstrip("/")
+    assert student["adapter_prefix"] == f"{store}/adapters/"
 
 
 def test_trainer_runs_one_cronjob_per_task_on_gpu_nodes(chart: helm_python.Chart) -> None:

@@ -276,25 +276,23 @@ ALERT_CASES = {
         "ProtegeOutputCheckFailures",
         {
             f'protege_output_checks_total{{{GW}, task="t"}}': "0+100x30",
-            f'protege_output_check_failures_total{{{GW}, task="t", check="json_object"}}': (
-                "0+20x30"
-            ),
+            f'protege_output_checks_failed_total{{{GW}, task="t"}}': "0+20x30",
         },
         {20: [{"task": "t"}]},
     ),
     "shadow-agreement-fires-below-80-percent": AlertCase(
         "ProtegeShadowAgreementLow",
         {
-            f'protege_shadow_agreement_sum{{{GW}, task="t", measure="similarity"}}': "0+35x60",
-            f'protege_shadow_agreement_count{{{GW}, task="t", measure="similarity"}}': "0+50x60",
+            f'protege_shadow_agreement_sum{{{GW}, task="t", measure="overall"}}': "0+35x60",
+            f'protege_shadow_agreement_count{{{GW}, task="t", measure="overall"}}': "0+50x60",
         },
         {45: [{"task": "t"}]},
     ),
     "shadow-agreement-quiet-at-90-percent": AlertCase(
         "ProtegeShadowAgreementLow",
         {
-            f'protege_shadow_agreement_sum{{{GW}, task="t", measure="similarity"}}': "0+45x60",
-            f'protege_shadow_agreement_count{{{GW}, task="t", measure="similarity"}}': "0+50x60",
+            f'protege_shadow_agreement_sum{{{GW}, task="t", measure="overall"}}': "0+45x60",
+            f'protege_shadow_agreement_count{{{GW}, task="t", measure="overall"}}': "0+50x60",
         },
         {45: []},
     ),

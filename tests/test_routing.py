@@ -37,8 +37,6 @@ def always() -> float:
         (policy(mode="canary", percent=100), SERVED, never,
          Decision("student", "canary", "canary")),
         (policy(mode="canary", percent=0), SERVED, always,
-         Decision("teacher", "canary", "not_canary", True)),
-        (policy(mode="canary", percent=0, shadow_percent=0), SERVED, always,
          Decision("teacher", "canary", "not_canary")),
         (policy(mode="canary", percent=50), Facts(None, True), always,
          Decision("student", "canary", "canary")),

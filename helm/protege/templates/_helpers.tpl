@@ -127,6 +127,10 @@ in it; they reach the containers as environment variables.
 {{- if $student -}}
 {{- $_ = set $c "student" (mergeOverwrite (get $c "student" | default dict) (dict "base_url" $student)) -}}
 {{- end -}}
+{{- if .Values.lorax.enabled -}}
+{{- /* LoRAX loads each adapter from where the trainer published it: <store>/adapters/<task>/<version> */ -}}
+{{- $_ = set (get $c "student") "adapter_prefix" (printf "%s/adapters/" (trimSuffix "/" .Values.store.uri)) -}}
+{{- end -}}
 {{- $_ = set $c "spool" (mergeOverwrite (get $c "spool" | default dict) (dict "dir" .Values.gateway.spool.mountPath)) -}}
 {{- $sidecar := dict "metrics_host" "0.0.0.0" "metrics_port" (int .Values.sidecar.metricsPort) "shutdown_wait_s" (int .Values.sidecar.shutdownWaitSeconds) -}}
 {{- $_ = set $c "sidecar" (mergeOverwrite (get $c "sidecar" | default dict) $sidecar) -}}
