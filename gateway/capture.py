@@ -54,6 +54,20 @@ class Exchange:
     metrics_task: str = field(default="", repr=False)
 
 
+def completion_of(ex: Exchange) -> dict[str, Any] | None:
+    """The answer an exchange holds, as one completion (streams assembled); None unless it
+    completed with 200."""
+    if ex.status != 200 or not ex.complete or ex.response is None:
+        return None
+    if ex.stream:
+        return assemble(ex.response, ex.endpoint).response
+    try:
+        obj = orjson.loads(ex.response)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def hash_id(value: str, salt: bytes) -> str:
     """A stable, non-reversible 16-hex-digit id for an API key or user name."""
     return hashlib.blake2b(value.encode(), key=salt[:64], digest_size=8).hexdigest()

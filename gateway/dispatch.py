@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from gateway.adapters import References
 from gateway.background import Background
-from gateway.capture import Exchange
+from gateway.capture import Exchange, completion_of
 from gateway.checks import OutputChecks
 from gateway.drift import DriftMonitor, out_of_bounds
 from gateway.errors import UpstreamError
@@ -34,7 +34,7 @@ from gateway.record import new_id
 from gateway.relay import stream
 from gateway.rollouts import Rollouts
 from gateway.routing import Facts, decide
-from gateway.shadow import INLINE_BYTES, Shadow, completion_of, resolver
+from gateway.shadow import INLINE_BYTES, Shadow, resolver
 from gateway.sse import replay
 from gateway.student import StudentBackend, wants_usage
 

@@ -15,11 +15,12 @@ import time
 from typing import Protocol
 
 import aiohttp
+import orjson
 import structlog
 from multidict import CIMultiDictProxy
 from starlette.responses import Response
 
-from gateway.capture import Exchange
+from gateway.capture import Exchange, completion_of
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
 from gateway.metrics import Metrics
@@ -152,7 +153,9 @@ class Capture:
             inc.watch(inc, ex)
         written = self._spool.submit(ex)
         if written is None and ex.answered is not None:
-            ex.answered(None)  # not captured: nobody waits for its encoding
+            # Not captured (spool full): hand the answer over from here instead.
+            answer = completion_of(ex)
+            ex.answered(None if answer is None else orjson.dumps(answer))
         return written
 
     async def record(self, inc: Incoming, ex: Exchange) -> None:

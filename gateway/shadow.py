@@ -20,7 +20,6 @@ import structlog
 
 from gateway.agreement import Agreement, score
 from gateway.background import Background
-from gateway.capture import Exchange
 from gateway.checks import OutputChecks
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
@@ -28,7 +27,6 @@ from gateway.metrics import Metrics
 from gateway.monitor import Monitor
 from gateway.proxy import Capture
 from gateway.record import new_id
-from gateway.sse import assemble
 from gateway.student import StudentBackend
 
 log = structlog.get_logger("gateway")
@@ -36,19 +34,6 @@ log = structlog.get_logger("gateway")
 # Answers up to this size (both together) are judged on the event loop: assembling, checking
 # and scoring them costs less than handing them to a thread.
 INLINE_BYTES: Final = 16 * 1024
-
-
-def completion_of(ex: Exchange) -> dict[str, Any] | None:
-    """The answer an exchange recorded, as a completion; None unless it completed."""
-    if ex.status != 200 or not ex.complete or ex.response is None:
-        return None
-    if ex.stream:
-        return assemble(ex.response, ex.endpoint).response
-    try:
-        obj = orjson.loads(ex.response)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:

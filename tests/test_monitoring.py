@@ -29,6 +29,7 @@ import openai
 import pytest
 import yaml
 
+from tests.fake_lorax import FakeLorax
 from tests.fake_teacher import FakeTeacher
 from tests.prometheus import Prometheus, PromQLError, promtool, wait_until
 from tests.s3_server import S3Server, free_port
@@ -45,9 +46,10 @@ SCRAPE_S = 1.0
 GRAFANA_VARS = {"task": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "10m"}
 
 # Dashboard panels whose every query returns data once the test's traffic has flowed: teacher
-# traffic (answers, 5xx, streams, a cut stream), the configured route's rollout state, the
-# spool and the sidecar's shipping. The others (rollout changes, shadow, checks, fallbacks,
-# drift gauges) need student traffic or a published adapter, and only have to evaluate.
+# traffic (answers, 5xx, streams, a cut stream), student traffic in shadow (text and JSON
+# answers), canary (a failing student stepped back) and hybrid (failed checks, prompts too
+# long), the spool and the sidecar's shipping. The drift gauges need a window of a few hundred
+# prompts and only have to evaluate.
 PANELS_WITH_DATA = {
     "Requests by task and backend",
     "Error ratio by task and backend",
@@ -61,6 +63,13 @@ PANELS_WITH_DATA = {
     "Rollout mode by task",
     "Student share (rollout percent)",
     "Share of traffic per backend",
+    "Rollout changes and step-backs",
+    "Mean shadow agreement by task and measure",
+    "Shadow calls by outcome",
+    "JSON field agreement",
+    "Fallbacks to the teacher by reason",
+    "Output-check failure ratio by check",
+    "Hybrid requests sent to the teacher",
     "Drift monitor intake",
     "Records dropped (range)",
     "Oldest segment in the spool",
@@ -70,14 +79,24 @@ PANELS_WITH_DATA = {
     "Records captured, shipped, dropped",
     "Uploads",
 }
-# Alerts whose condition the test provokes: the store is down and the spool is tiny, and a
-# share of the requests fail at the teacher.
+# Alerts whose condition the test provokes: the store is down and the spool is tiny, a share
+# of the requests fail at the teacher, and the hybrid student's answers fail their checks.
 ALERTS_WITH_DATA = {
     "ProtegeUploadsFailing",
     "ProtegeRecordsDropped",
     "ProtegeSpoolFull",
     "ProtegeGateway5xxRate",
+    "ProtegeOutputCheckFailures",
 }
+# Student routes of the live gateway: (alias = task, rollout).
+STUDENT_ROUTES = {
+    "summaries": {"mode": "shadow", "adapter": "summaries/v1"},
+    "triage": {"mode": "canary", "percent": 100, "adapter": "triage/v1",
+               "guardrails": {"min_samples": 5, "max_error_rate": 0.2}},
+    "drafts": {"mode": "hybrid", "adapter": "drafts/v1", "max_prompt_chars": 200,
+               "checks": {"must_match": ["^never"]}},
+}  # fmt: skip
+JSON_FORMAT: Any = {"type": "json_object"}
 # Alerts that must reach the firing state (with `for` shortened) during the outage.
 ALERTS_FIRING = {"ProtegeUploadsFailing", "ProtegeRecordsDropped"}
 
@@ -428,6 +447,36 @@ def live_rules(path: Path) -> Path:
     return path
 
 
+def send_student_traffic(lorax: FakeLorax, gateway_url: str) -> None:
+    """Shadowed text and JSON answers, a canary whose student fails until it is stepped back,
+    and hybrid answers that fail their checks or whose prompts are too long."""
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="client-key", max_retries=0)
+    short: Any = [{"role": "user", "content": "a short ticket"}]
+    long_: Any = [{"role": "user", "content": "a long ticket " * 40}]
+    lorax.says = lambda req: (
+        '{"label": "positive", "confidence": 0.5}' if req.get("response_format") else "a summary"
+    )
+    for i in range(24):
+        client.chat.completions.create(model="summaries", messages=short)
+        client.chat.completions.create(model="summaries", messages=short,
+                                       response_format=JSON_FORMAT)  # fmt: skip
+        client.chat.completions.create(model="drafts", messages=long_ if i % 4 == 0 else short)
+        client.chat.completions.create(model="drafts", messages=short)
+        lorax.mode = "status:500" if i >= 4 else "ok"
+        client.chat.completions.create(model="triage", messages=short)
+        lorax.mode = "ok"
+        if i < 2:
+            time.sleep(SCRAPE_S * 1.5)
+
+
+def publish_adapters(store: Path) -> None:
+    """The student routes' adapters, published (a manifest is what the gateway looks for)."""
+    for rollout in STUDENT_ROUTES.values():
+        manifest = store / "adapters" / str(rollout["adapter"]) / "protege.json"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text("{}", encoding="utf-8")
+
+
 def send_traffic(teacher: FakeTeacher, gateway_url: str) -> None:
     """Answers, streams, teacher 500s and cut streams; prompts padded to fill the spool.
 
@@ -482,11 +531,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     gw_port, sc_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         teacher = stack.enter_context(FakeTeacher())
+        lorax = stack.enter_context(FakeLorax())
+        publish_adapters(work / "gateway-store")
         store = S3Server()  # not started: the store is down
         stack.callback(store.stop)
         config = {
             "teacher": {"base_url": teacher.base_url},
-            "routes": [{"alias": "tickets", "task": "tickets", "teacher_model": "teacher-large"}],
+            "student": {"base_url": lorax.base_url},
+            "routes": [
+                {"alias": "tickets", "task": "tickets", "teacher_model": "teacher-large"},
+                *({"alias": t, "task": t, "rollout": r} for t, r in STUDENT_ROUTES.items()),
+            ],
             "spool": {
                 "dir": str(work / "spool"),
                 "segment_max_bytes": 8192,
@@ -525,6 +580,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         assert wait_until(prometheus.targets_up, 20), "scrape targets are not up"
 
         send_traffic(teacher, gateway_url)
+        send_student_traffic(lorax, gateway_url)
+        time.sleep(SCRAPE_S * 2.5)  # the last of the traffic scraped before judging the rules
         fired: set[str] = set()
 
         def provoked() -> bool:
@@ -581,7 +638,7 @@ def test_every_dashboard_expression_evaluates(live: Live) -> None:
 
 
 def test_dashboard_panels_over_sent_traffic_return_data(live: Live) -> None:
-    """Each query of the panels about teacher traffic and the log pipeline returns samples."""
+    """Each query of the panels about the traffic sent and the log pipeline returns samples."""
     queries = [q for q in dashboard_queries() if q.panel in PANELS_WITH_DATA]
     assert {q.panel for q in queries} == PANELS_WITH_DATA, "a listed panel is not on the board"
     empty = [

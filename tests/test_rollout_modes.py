@@ -118,6 +118,19 @@ def test_shadow_streams_are_scored_against_the_assembled_teacher_answer(
     assert shadow["detail"]["agreement"]["exact"] == 0
 
 
+def test_shadow_is_scored_even_when_the_spool_drops_records(start: Any, lorax: FakeLorax) -> None:
+    """With the spool full (records dropped), shadow calls are still scored: the teacher's
+    answer is handed over without its record."""
+    lorax.says = echo
+    gw = start(mode="shadow")
+    gw.gateway.spool.submit = lambda ex: None  # type: ignore[method-assign]
+    chunks = client(gw).chat.completions.create(model="tickets", messages=ask(), stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    scored = {"task": "tickets", "outcome": "scored"}
+    assert gw.wait_for(lambda: gw.metric("protege_shadow_requests_total", **scored) == 1)
+    assert gw.metric("protege_shadow_agreement_sum", task="tickets", measure="exact") == 1.0
+
+
 def test_a_failing_student_never_fails_the_client_in_shadow(start: Any, lorax: FakeLorax) -> None:
     """A student answering 500 in shadow mode: the client still gets the teacher's answer, the
     shadow call is recorded as failed and counted."""
