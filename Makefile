@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: up test lint bench
+.PHONY: up test demo lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ up: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+demo: $(VENV)/.dev
+	$(BIN)/protege demo
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check gateway sidecar trainer protege tests loadtests

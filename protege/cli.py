@@ -105,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--task", help="only this task")
     rec.add_argument("--config", help="YAML settings file")
     rec.set_defaults(run=_run_reconcile)
+    from protege.demo_cli import register as register_demo
     from trainer.cli import register
     from trainer.serve.cli import register as register_student
 
     register(sub)
     register_student(sub)
+    register_demo(sub)
     return parser
 
 
