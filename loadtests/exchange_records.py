@@ -153,6 +153,7 @@ def _shape(task: str, index: int, rng: random.Random) -> dict[str, Any]:
         "ttft_ms": "@@N:ttft@@" if stream else None,
         "client": f"{rng.getrandbits(64):016x}",
         "user": "@@S:user_hash@@",
+        "detail": None,
     }
 
 

@@ -68,11 +68,12 @@ def segment_to_parts(
 ) -> list[Part]:
     """Parquet parts of ``segment``, written under ``workdir``, keyed by the segment's id.
 
-    Raises ``CorruptSegment`` (after writing nothing usable) when the segment is damaged or a
-    record is not a JSON object with a task and a timestamp.
+    Raises ``CorruptSegment`` when the segment is damaged or a record is not a JSON object with
+    a task and a timestamp; the parts written before the damage was found are removed.
     """
     segment_id = segment.stem
     open_parts: dict[Partition, _Open] = {}
+    whole = False
     try:
         for payload in iter_records(segment):
             record = _decode(segment, payload)
@@ -89,9 +90,12 @@ def segment_to_parts(
                 on_record(len(payload))
         for current in open_parts.values():
             current.flush(segment)
+        whole = True
     finally:
         for current in open_parts.values():
             current.writer.close()
+            if not whole:
+                current.part.path.unlink(missing_ok=True)
     return [o.part for o in open_parts.values()]
 
 

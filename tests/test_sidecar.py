@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import orjson
 import pytest
 
 from gateway.record import COLUMNS
-from gateway.segment import MAGIC, sealed_segments
+from gateway.segment import HEADER, MAGIC, sealed_segments
 from sidecar.config import SidecarSettings, load_sidecar_settings
 from sidecar.metrics import SidecarMetrics
 from sidecar.read import count_exchanges, read_exchanges
@@ -225,6 +226,20 @@ def test_corrupt_segment_is_quarantined_and_shipping_goes_on(tmp_path: Path) -> 
     assert (spool / "quarantine" / bad.name).exists()
     assert metrics.registry.get_sample_value("protege_quarantined_segments_total") == 1
     assert set(read_exchanges(store).column("request_id").to_pylist()) == ids
+
+
+def test_a_segment_damaged_after_good_records_leaves_no_scratch(tmp_path: Path) -> None:
+    """Parts written from a segment's good records before its damage is found are removed
+    when the segment is quarantined: the scratch directory does not grow."""
+    spool, store = tmp_path / "spool", f"file://{tmp_path / 'store'}"
+    make_segments(spool, count=1, per_segment=20)
+    (segment,) = sealed_segments(spool)
+    good = segment.read_bytes()
+    segment.write_bytes(good + HEADER.pack(7, zlib.crc32(b"not json")) + b"not jso")
+    settings = settings_for(spool, store)
+    assert asyncio.run(run(settings, once=True, metrics=SidecarMetrics())) == 0
+    assert (spool / "quarantine" / segment.name).exists()
+    assert list(settings.workdir.glob("*")) == []
 
 
 def test_once_gives_up_on_a_dead_store_and_keeps_the_spool(tmp_path: Path, s3: S3Server) -> None:
