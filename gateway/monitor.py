@@ -77,6 +77,17 @@ class Monitor:
 
     def checked(self, task: str, failed: tuple[str, ...]) -> None:
         """A student answer went through the task's checks and failed ``failed``."""
+        self._count_checks(task, failed)
+        self._judge(task)
+
+    def shadowed(self, task: str, failed: tuple[str, ...], agreement: Agreement | None) -> None:
+        """A shadow answer was checked and, if the teacher's answer completed, scored."""
+        self._count_checks(task, failed)
+        if agreement is not None:
+            self._count_agreement(task, agreement)
+        self._judge(task)
+
+    def _count_checks(self, task: str, failed: tuple[str, ...]) -> None:
         label = self._labels(task)
         self._metrics.checks.labels(label).inc()
         if failed:
@@ -84,7 +95,6 @@ class Monitor:
         for name in failed:
             self._metrics.check_failures.labels(label, name).inc()
         self._window(task).checked(self._clock(), bool(failed))
-        self._judge(task)
 
     def called(self, task: str, failed: bool) -> None:
         """A student call answering a client ended; ``failed``: the teacher answered instead."""
@@ -93,6 +103,10 @@ class Monitor:
 
     def scored(self, task: str, agreement: Agreement) -> None:
         """A shadow answer was scored against the teacher's."""
+        self._count_agreement(task, agreement)
+        self._judge(task)
+
+    def _count_agreement(self, task: str, agreement: Agreement) -> None:
         label = self._labels(task)
         histogram = self._metrics.shadow_agreement
         for measure in _MEASURES:
@@ -105,7 +119,6 @@ class Monitor:
             if same:
                 self._metrics.shadow_fields_agreed.labels(label, field).inc()
         self._window(task).scored(self._clock(), agreement.overall)
-        self._judge(task)
 
     def _field_label(self, task: str, name: str) -> str:
         known = self._fields.setdefault(task, set())

@@ -127,9 +127,7 @@ class Shadow:
             failed, agreement = await asyncio.to_thread(judge, *args)
         else:  # tens of microseconds: cheaper here than a thread hop
             failed, agreement = judge(*args)
-        self._monitor.checked(inc.task, failed)
-        if agreement is not None:
-            self._monitor.scored(inc.task, agreement)
+        self._monitor.shadowed(inc.task, failed, agreement)
         ex.detail = {
             "why": "shadow",
             "checks": list(failed),
@@ -143,6 +141,7 @@ class Shadow:
         """The client's answer once recorded; None if it did not complete, or is not recorded
         within the shadow timeout (its request failed before capture)."""
         try:
-            return await asyncio.wait_for(asyncio.shield(answered), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                return await answered
         except TimeoutError:
             return None
