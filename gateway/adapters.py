@@ -58,7 +58,7 @@ class References:
         """A rollout listener: load the new adapter's reference when the adapter changes."""
         adapter = after.policy.adapter if after else None
         window_s = after.policy.window_s if after else 300.0
-        if self._adapters.get(task, None) == adapter and task in self._adapters:
+        if task in self._adapters and self._adapters[task] == adapter:
             return
         self._adapters[task] = adapter
         self._profiles.pop(task, None)

@@ -95,9 +95,8 @@ class Dispatch:
 
     def _facts(self, inc: Incoming, policy: RolloutPolicy) -> Facts:
         served = self.student is not None and self.student.serves(inc)
-        facts = Facts(inc.user or inc.client, served)
         if policy.mode != "hybrid" or not served:
-            return facts
+            return Facts(inc.user or inc.client, served)
         text = prompt_text(inc.fields.get("messages"))
         reference = self.references.profile(inc.task)
         if reference is not None:
@@ -106,7 +105,7 @@ class Dispatch:
             bounds = "too_long"
         else:
             bounds = None
-        return Facts(facts.sticky_key, served, self.drift.score(inc.task), bounds)
+        return Facts(inc.user or inc.client, served, self.drift.score(inc.task), bounds)
 
     async def _answer(self, inc: Incoming, backend: Backend, route: str) -> Response:
         if inc.stream:

@@ -39,10 +39,10 @@ from gateway.profile import (
     drift,
     prompt_text,
 )
+from gateway.window import BUCKETS, Buckets
 
 log = structlog.get_logger("gateway")
 
-BUCKETS: Final = 10  # time buckets per live window
 MEASURES: Final = ("psi", "js")
 CHARSET_FLOOR: Final = 0.005  # a script under this share of the reference's characters is rare
 _SAMPLE_CHARS: Final = 256  # out_of_bounds classifies at most this many evenly spaced characters
@@ -62,36 +62,17 @@ def merge(profiles: Iterable[Profile]) -> Profile:
 
 
 class WindowedProfile:
-    """The profile of the texts added in the last ``window_s`` seconds, as a ring of buckets.
-
-    Time is cut into buckets of ``window_s / buckets`` seconds; a text counts while its bucket is
-    one of the ``buckets`` most recent, so the window reaches between ``window_s * (1 - 1 /
-    buckets)`` and ``window_s`` seconds back. Times are passed in (any monotonic clock); a time
-    earlier than one already seen counts as that one. One thread owns an instance.
-    """
+    """The profile of the texts added in the last ``window_s`` seconds (see ``gateway.window``).
+    One thread owns an instance."""
 
     def __init__(self, window_s: float, buckets: int = BUCKETS) -> None:
-        if not (window_s > 0 and math.isfinite(window_s)) or buckets < 1:
-            raise ValueError(f"window_s must be > 0 and buckets >= 1, got {window_s}, {buckets}")
-        self._width = window_s / buckets
-        self._slots: list[tuple[int, Profile] | None] = [None] * buckets
-        self._latest = -math.inf
-
-    def _bucket(self, now: float) -> int:
-        self._latest = max(self._latest, math.floor(now / self._width))
-        return int(self._latest)
+        self._buckets = Buckets(window_s, Profile, buckets)
 
     def add(self, text: str, now: float) -> None:
-        k = self._bucket(now)
-        i = k % len(self._slots)
-        slot = self._slots[i]
-        if slot is None or slot[0] != k:
-            slot = self._slots[i] = (k, Profile())
-        slot[1].add(text)
+        self._buckets.current(now).add(text)
 
     def _live(self, now: float) -> list[Profile]:
-        oldest = self._bucket(now) - len(self._slots)
-        return [slot[1] for slot in self._slots if slot is not None and slot[0] > oldest]
+        return self._buckets.live(now)
 
     def profile(self, now: float) -> Profile:
         """The texts of the live buckets, merged into one profile."""

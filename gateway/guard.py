@@ -8,13 +8,10 @@ window's ``Stats`` and the policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass
 
 from gateway.policy import ANSWERING, MODES, PromotionStep, RolloutPolicy
-
-# Buckets a window is cut into: it slides in steps of window_s / BUCKETS.
-BUCKETS: Final = 10
+from gateway.window import Buckets
 
 
 @dataclass(slots=True)
@@ -49,22 +46,14 @@ class Stats:
         return self.agreement / self.scored if self.scored else None
 
 
-@dataclass
 class Window:
-    """Stats over the last ``window_s`` seconds, in ``BUCKETS`` slices."""
+    """Stats over the last ``window_s`` seconds (see ``gateway.window``)."""
 
-    window_s: float
-    _slices: dict[int, Stats] = field(default_factory=dict)
+    def __init__(self, window_s: float) -> None:
+        self._buckets = Buckets(window_s, Stats)
 
     def _slice(self, now: float) -> Stats:
-        index = int(now // (self.window_s / BUCKETS))
-        current = self._slices.get(index)
-        if current is None:
-            oldest = index - BUCKETS + 1
-            for stale in [i for i in self._slices if i < oldest]:
-                del self._slices[stale]
-            current = self._slices[index] = Stats()
-        return current
+        return self._buckets.current(now)
 
     def call(self, now: float, failed: bool) -> None:
         s = self._slice(now)
@@ -82,11 +71,9 @@ class Window:
         s.agreement += agreement
 
     def stats(self, now: float) -> Stats:
-        oldest = int(now // (self.window_s / BUCKETS)) - BUCKETS + 1
         total = Stats()
-        for index, s in self._slices.items():
-            if index >= oldest:
-                total.add(s)
+        for s in self._buckets.live(now):
+            total.add(s)
         return total
 
 

@@ -70,6 +70,7 @@ class Metrics:
         self._traffic(r)
         self._spool(r)
         self._rollout(r)
+        self._shadow(r)
         self._monitors(r)
 
     def _traffic(self, r: CollectorRegistry) -> None:
@@ -195,6 +196,8 @@ class Metrics:
             ["task", "reason"],
             registry=r,
         )
+
+    def _shadow(self, r: CollectorRegistry) -> None:
         self.shadow_requests = Counter(
             "protege_shadow_requests",
             "Shadow calls to the student, by outcome (scored; unscored: the teacher's answer did "

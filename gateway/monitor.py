@@ -54,9 +54,8 @@ class Monitor:
         rollouts.subscribe(self._changed)
 
     def _changed(self, task: str, before: Active | None, after: Active | None) -> None:
-        """A new rollout is judged on its own evidence: the window starts afresh."""
-        window_s = after.policy.window_s if after else 300.0
-        self._windows[task] = Window(window_s)
+        """A new rollout is judged on its own evidence: its window starts with its next event."""
+        self._windows.pop(task, None)
         self._since[task] = self._clock()
 
     def _window(self, task: str) -> Window:
@@ -64,7 +63,7 @@ class Monitor:
         if window is None:
             policy = self._rollouts.policy(task)
             window = self._windows[task] = Window(policy.window_s if policy else 300.0)
-            self._since[task] = self._clock()
+            self._since.setdefault(task, self._clock())
         return window
 
     def checks(self, task: str) -> OutputChecks:
@@ -99,11 +98,6 @@ class Monitor:
     def called(self, task: str, failed: bool) -> None:
         """A student call answering a client ended; ``failed``: the teacher answered instead."""
         self._window(task).call(self._clock(), failed)
-        self._judge(task)
-
-    def scored(self, task: str, agreement: Agreement) -> None:
-        """A shadow answer was scored against the teacher's."""
-        self._count_agreement(task, agreement)
         self._judge(task)
 
     def _count_agreement(self, task: str, agreement: Agreement) -> None:

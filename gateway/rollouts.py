@@ -169,7 +169,7 @@ class Rollouts:
 
     async def change(
         self, task: str, policy: RolloutPolicy | None, source: str, reason: str | None = None
-    ) -> Active | None:
+    ) -> None:
         """Set (None: reset to the config's) the task's rollout: written, then applied here.
 
         Raises ``StoreError`` when the store cannot take it; nothing changes then.
@@ -177,7 +177,6 @@ class Rollouts:
         entry = None if policy is None else Active(policy, source, self._clock(), reason)
         async with self._lock:
             await self._write({task: entry})
-        return self._active.get(task)
 
     async def force(self, task: str, policy: RolloutPolicy, source: str, reason: str) -> None:
         """Set the task's rollout here at once; write it when the store allows."""

@@ -53,6 +53,14 @@ def register(sub: Any) -> None:
         help="smollm2 (default), a Hugging Face model dir or a .gguf",
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if present, else cpu)")
+    _components(p)
+    _training(p)
+    p.add_argument("--seed", type=int, default=0, help="seeds the simulated traffic")
+    p.set_defaults(run=_run)
+
+
+def _components(p: argparse.ArgumentParser) -> None:
+    """Where the real components come in instead of the demo's, and stages left out."""
     p.add_argument(
         "--teacher-url",
         help="a real OpenAI-compatible teacher instead of the demo "
@@ -81,6 +89,9 @@ def register(sub: Any) -> None:
         metavar="STAGE,...",
         help=f"stages to leave out: {','.join(STAGES)}",
     )
+
+
+def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-config", type=Path, help="YAML/JSON of TrainConfig fields")
     p.add_argument(
         "--set",
@@ -96,8 +107,6 @@ def register(sub: Any) -> None:
         help="publish the student even if it loses to the zero-shot base model: "
         "for smoke tests with a tiny model only",
     )
-    p.add_argument("--seed", type=int, default=0, help="seeds the simulated traffic")
-    p.set_defaults(run=_run)  # fmt: skip
 
 
 def _positive(text: str) -> int:

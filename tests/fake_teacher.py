@@ -113,9 +113,10 @@ class FakeTeacher(LoopbackServer):
             await resp.write_eof()
             return resp
         events = stream_events(req, request.path)
+        cut_at = min(3, len(events) - 1)  # short answers are cut before their [DONE] too
         try:
             for i, event in enumerate(events):
-                if mode == "cut" and i == 3:
+                if mode == "cut" and i == cut_at:
                     assert request.transport is not None
                     request.transport.abort()
                     self.sent.append(bytes(out))

@@ -80,12 +80,12 @@ async def test_agreement_held_for_a_window_promotes(tmp_path: Path) -> None:
         tmp_path, mode="shadow", window_s=60, auto_promote=steps
     )
     for _ in range(4):
-        monitor.scored("t", AGREE)
+        monitor.shadowed("t", (), AGREE)
     await asyncio.sleep(0.05)
     assert rollouts.policy("t").mode == "shadow"  # type: ignore[union-attr]
     clock.now += 61
     for _ in range(4):
-        monitor.scored("t", AGREE)
+        monitor.shadowed("t", (), AGREE)
     assert await settle(rollouts, "canary")
     active = rollouts.get("t")
     assert active is not None and active.source == "promotion" and active.policy.percent == 10
@@ -108,7 +108,7 @@ async def test_field_labels_are_bounded(tmp_path: Path) -> None:
     """Per-field agreement gets its own series for the first MAX_FIELDS field names only."""
     monitor, _, metrics, _ = await watched(tmp_path, mode="shadow")
     fields = {f"f{i}": True for i in range(MAX_FIELDS + 5)}
-    monitor.scored("t", Agreement(1.0, 1.0, 1.0, fields, 1.0))
+    monitor.shadowed("t", (), Agreement(1.0, 1.0, 1.0, fields, 1.0))
     get = metrics.registry.get_sample_value
     assert get("protege_shadow_fields_total", {"task": "t", "field": "f0"}) == 1
     assert get("protege_shadow_fields_total", {"task": "t", "field": "other"}) == 5

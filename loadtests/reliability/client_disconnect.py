@@ -25,13 +25,10 @@ LEAVE_EVERY = 5
 async def run(ctx: Context) -> Result:
     result = Result(NAME, 0, 0, 0, None)
     async with world(ctx, NAME) as (ws, teacher):
-        config = ws.write_config(teacher.base_url)
-        gateway = await ws.start_gateway(config)
-        sidecar = await ws.start_sidecar(config)
+        _, gateway, sidecar = await ws.start_pair(teacher.base_url)
         traffic = Traffic(ws.gateway_url, Mix(seed=7), rate=ctx.rate)
         async with traffic.running():
-            await traffic.hold("warm-up", 1)
-            await traffic.hold("before", ctx.seconds(4))
+            await traffic.baseline(ctx.seconds(4))
             traffic.leave_every = LEAVE_EVERY
             await traffic.hold("during", ctx.seconds(6))
             traffic.leave_every = 0

@@ -50,8 +50,7 @@ async def run(ctx: Context) -> Result:
         gateway = await ws.start_gateway(config)
         traffic = Traffic(ws.gateway_url, Mix(seed=4), rate=ctx.rate)
         async with traffic.running():
-            await traffic.hold("warm-up", 1)
-            await traffic.hold("before", ctx.seconds(4))
+            await traffic.baseline(ctx.seconds(4))
             traffic.phase = "during"
             await ws.kill(gateway)
             opened = sorted(ws.spool.glob("*" + OPEN_SUFFIX))

@@ -23,14 +23,11 @@ KILLS = 2
 async def run(ctx: Context) -> Result:
     result = Result(NAME, 0, 0, 0, None)
     async with world(ctx, NAME) as (ws, teacher):
-        config = ws.write_config(teacher.base_url)
-        gateway = await ws.start_gateway(config)
-        sidecar = await ws.start_sidecar(config)
+        config, gateway, sidecar = await ws.start_pair(teacher.base_url)
         traffic = Traffic(ws.gateway_url, Mix(seed=1), rate=ctx.rate)
         downtimes: list[float] = []
         async with traffic.running():
-            await traffic.hold("warm-up", 1)
-            await traffic.hold("before", ctx.seconds(5))
+            await traffic.baseline(ctx.seconds(5))
             traffic.phase = "during"
             for _ in range(KILLS):
                 await ws.kill(gateway)

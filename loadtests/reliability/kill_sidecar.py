@@ -28,14 +28,11 @@ async def run(ctx: Context) -> Result:
     async with world(ctx, NAME) as (ws, teacher):
         store = await s3_store(ws)
         try:
-            config = ws.write_config(teacher.base_url)
-            gateway = await ws.start_gateway(config)
-            sidecar = await ws.start_sidecar(config)
+            config, gateway, sidecar = await ws.start_pair(teacher.base_url)
             traffic = Traffic(ws.gateway_url, Mix(seed=2), rate=ctx.rate)
             mid_ship = 0
             async with traffic.running():
-                await traffic.hold("warm-up", 1)
-                await traffic.hold("before", ctx.seconds(5))
+                await traffic.baseline(ctx.seconds(5))
                 traffic.phase = "during"
                 for _ in range(KILLS):
                     await asyncio.sleep(ctx.seconds(1))

@@ -131,6 +131,11 @@ class Workspace:
         )
         return child
 
+    async def start_pair(self, teacher_url: str) -> tuple[Path, Child, Child]:
+        """A config for ``teacher_url`` (the defaults), then the gateway and the sidecar on it."""
+        config = self.write_config(teacher_url)
+        return config, await self.start_gateway(config), await self.start_sidecar(config)
+
     async def kill(self, child: Child) -> None:
         """SIGKILL, as a crash would."""
         with contextlib.suppress(ProcessLookupError):

@@ -44,8 +44,7 @@ async def run(ctx: Context) -> Result:
             sidecar = await ws.start_sidecar(config)
             traffic = Traffic(ws.gateway_url, Mix(seed=8, chat_only=True), rate=ctx.rate)
             async with traffic.running():
-                await traffic.hold("warm-up", 1)
-                await traffic.hold("before", ctx.seconds(4))
+                await traffic.baseline(ctx.seconds(4))
                 student.mode = "slow:5"
                 await traffic.hold("during", ctx.seconds(6))
                 traffic.phase = "after"

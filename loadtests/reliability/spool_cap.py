@@ -48,8 +48,7 @@ async def run_policy(ctx: Context, name: str, on_full: str) -> Result:
         sidecar = await ws.start_sidecar(config)
         traffic = Traffic(ws.gateway_url, Mix(seed=5), rate=ctx.rate)
         async with traffic.running():
-            await traffic.hold("warm-up", 1)
-            await traffic.hold("before", ctx.seconds(3))
+            await traffic.baseline(ctx.seconds(3))
             traffic.phase = "during"
             await ws.stop(sidecar)
             peak, ready = await _watch_full(ws, ctx.seconds(FULL_S))

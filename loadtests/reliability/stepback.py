@@ -76,35 +76,14 @@ async def run(ctx: Context) -> Result:
                 await traffic.hold("before", ctx.seconds(3))
                 student.mode = "status:500"
                 traffic.phase = "during"
-                state: dict[str, Any] = {}
-
-                def stepped_back() -> bool:
-                    return state.get("mode") == "shadow"
-
-                async def poll() -> None:
-                    while not stepped_back():
-                        state.update(await admin(ws, "GET"))
-                        await asyncio.sleep(0.05)
-
-                poller = asyncio.create_task(poll())
-                took = await traffic.wait_until(stepped_back, 15)
-                poller.cancel()
+                took, state = await _step_back(ws, traffic)
                 await traffic.hold("after", ctx.seconds(3))
                 page = await ws.scrape(ws.gateway_url)
             await wind_down(result, ws, gateway, sidecar)
         view = await asyncio.to_thread(read_store, ws.store_uri)
         shared = json.loads((ws.dir / "store" / "rollouts" / "routes.json").read_text())
     judge(result, traffic, view, "during")
-    result.check(
-        "the admin API set the canary", canary.get("mode") == "canary", f"{canary.get('mode')}"
-    )
-    shown = "never" if took is None else f"{took:.2f} s"
-    result.check("stepped back to shadow within 5 s", took is not None and took <= 5, shown)
-    result.check(
-        "by the guardrail",
-        state.get("source") == "guardrail" and state.get("reason") == "error_rate",
-        f"source {state.get('source')}, reason {state.get('reason')}",
-    )
+    _verdict(result, canary, took, state)
     count = metric(page, "protege_rollout_stepbacks_total", task=TASK, reason="error_rate")
     result.check("counted in protege_rollout_stepbacks_total", count >= 1, f"{count:.0f}")
     entry = shared.get("tasks", {}).get(TASK, {})
@@ -118,6 +97,40 @@ async def run(ctx: Context) -> Result:
     fallbacks = sum(r["route"] == "fallback" for r in view.first().values())
     result.notes.append(f"{fallbacks} answers from the teacher in the student's place")
     return result
+
+
+async def _step_back(ws: Workspace, traffic: Traffic) -> tuple[float | None, dict[str, Any]]:
+    """(seconds until the admin API shows the task in shadow again, its last state)."""
+    state: dict[str, Any] = {}
+
+    def stepped_back() -> bool:
+        return state.get("mode") == "shadow"
+
+    async def poll() -> None:
+        while not stepped_back():
+            state.update(await admin(ws, "GET"))
+            await asyncio.sleep(0.05)
+
+    poller = asyncio.create_task(poll())
+    try:
+        return await traffic.wait_until(stepped_back, 15), state
+    finally:
+        poller.cancel()
+
+
+def _verdict(
+    result: Result, canary: dict[str, Any], took: float | None, state: dict[str, Any]
+) -> None:
+    result.check(
+        "the admin API set the canary", canary.get("mode") == "canary", f"{canary.get('mode')}"
+    )
+    shown = "never" if took is None else f"{took:.2f} s"
+    result.check("stepped back to shadow within 5 s", took is not None and took <= 5, shown)
+    result.check(
+        "by the guardrail",
+        state.get("source") == "guardrail" and state.get("reason") == "error_rate",
+        f"source {state.get('source')}, reason {state.get('reason')}",
+    )
 
 
 SCENARIO = Scenario(NAME, "the canary's student fails; the rollout steps back by itself", run)

@@ -99,6 +99,12 @@ class Traffic:
         self.phase = phase
         await asyncio.sleep(seconds)
 
+    async def baseline(self, seconds: float) -> None:
+        """One second of warm-up, then ``seconds`` of the "before" phase the fault is judged
+        against."""
+        await self.hold("warm-up", 1)
+        await self.hold("before", seconds)
+
     async def wait_until(
         self, condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.1
     ) -> float | None:
