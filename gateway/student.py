@@ -217,13 +217,12 @@ class StudentBackend:
         ``chat.completion`` (for shadow scoring and hybrid checks). Any answer but a
         completion — a 4xx included — is a failure the teacher answers for."""
         body = student_body({**inc.fields, "stream": False}, self._prefix + adapter)
-        async with self.upstream.request("POST", inc.path, body) as resp:
-            raw = await self.upstream.read(resp)
-        obj = _json_object(raw)
-        if resp.status != 200:
+        answer = await self.upstream.post(inc.path, body)
+        obj = _json_object(answer.body)
+        if answer.status != 200:
             message, _ = error_parts(obj)
             raise UpstreamFailed(
-                f"the student answered HTTP {resp.status}: {message}", backend=self.name
+                f"the student answered HTTP {answer.status}: {message}", backend=self.name
             )
         if obj is None or not isinstance(obj.get("choices"), list):
             raise UpstreamFailed("the student's answer is not a chat completion", backend=self.name)

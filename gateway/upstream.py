@@ -1,26 +1,30 @@
-"""One pooled HTTP client per upstream (the teacher, the student server), and the one place
+"""The pooled HTTP clients of one upstream (the teacher, the student server), and the one place
 where transport errors become ours.
 
-aiohttp rather than httpx's default transport: httpx's pool degrades under concurrency
-(hundreds of req/s where aiohttp sustains thousands on one core), and we need exact control over
-which failures are retried — only a failed connect, when the upstream cannot have seen the
-request.
+Clients' requests go through aiohttp (streams, response headers passed on): rather than httpx's
+default transport, whose pool degrades under concurrency (hundreds of req/s where aiohttp
+sustains thousands on one core). The gateway's own whole-answer calls (shadow calls, hybrid's
+checked answers) go through ``gateway.http1``, several times cheaper a call. Only a failed
+connect is retried — when the upstream cannot have seen the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
 
 import aiohttp
 
+from gateway import http1
 from gateway.config import UpstreamConfig
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import UpstreamError, UpstreamFailed, UpstreamTimeout, UpstreamUnreachable
 from gateway.metrics import Metrics
 
 _RETRY_BASE_S = 0.05
+_T = TypeVar("_T")
 
 
 class Upstream:
@@ -46,10 +50,13 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
         self._retries = connect_retries
         self._max_connections = max_connections
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self._pool: http1.Pool | None = None
 
     @classmethod
     def configured(
@@ -75,11 +82,21 @@ class Upstream:
             headers=self._headers,
             skip_auto_headers=("User-Agent",),
         )
+        self._pool = http1.Pool(
+            self.base_url,
+            self._headers,
+            connect_timeout_s=self._connect_timeout_s,
+            read_timeout_s=self._read_timeout_s,
+            max_connections=self._max_connections,
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     @asynccontextmanager
     async def request(
@@ -90,25 +107,39 @@ class Upstream:
         Connect failures are retried with exponential backoff and jitter; nothing else is, since
         past the connect the upstream may already be working on the request.
         """
-        if self._session is None:
+        session = self._session
+        if session is None:
             raise RuntimeError(f"upstream {self.name} is not started")
         url = self.base_url + path
+        response = await self._retrying(lambda: session.request(method, url, data=body))
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def post(self, path: str, body: bytes) -> http1.Answer:
+        """The upstream's whole answer to ``POST path``, for a call of the gateway's own.
+
+        Retried as ``request`` is; a read timeout here is the longest silence, as there.
+        """
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError(f"upstream {self.name} is not started")
+        return await self._retrying(lambda: pool.post(path, body))
+
+    async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()``, again after a failed connect (exponential backoff with jitter)."""
         attempt = 0
         while True:
             try:
                 with self.translating():
-                    response = await self._session.request(method, url, data=body)
-                break
+                    return await call()
             except UpstreamUnreachable as exc:
                 if not exc.retryable or attempt >= self._retries:
                     raise
                 attempt += 1
                 self._metrics.upstream_retries.labels(self.name).inc()
                 await asyncio.sleep(_RETRY_BASE_S * 2**attempt * (0.5 + random.random()))
-        try:
-            yield response
-        finally:
-            response.release()
 
     async def read(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body of ``response``."""
@@ -123,24 +154,31 @@ class Upstream:
 
     @contextmanager
     def translating(self) -> Iterator[None]:
-        """Turns aiohttp and socket errors into ``UpstreamError``s naming this upstream."""
+        """Turns aiohttp, ``http1`` and socket errors into ``UpstreamError``s naming this
+        upstream."""
         try:
             yield
         except UpstreamError:
             raise
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except http1.BadAnswer as exc:
+            self._metrics.upstream_errors.labels(self.name, "connection").inc()
+            raise UpstreamFailed(
+                f"the {self.name} sent an unreadable answer: {exc}", backend=self.name
+            ) from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                http1.ConnectFailed) as exc:  # fmt: skip
             self._metrics.upstream_errors.labels(self.name, "connect").inc()
             raise UpstreamUnreachable(
                 f"cannot connect to the {self.name} at {self.base_url}: {exc}",
                 backend=self.name,
                 retryable=True,
             ) from exc
-        except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
+        except (aiohttp.SocketTimeoutError, TimeoutError, http1.ReadTimeout) as exc:
             self._metrics.upstream_errors.labels(self.name, "timeout").inc()
             raise UpstreamTimeout(
                 f"the {self.name} did not answer in time", backend=self.name
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, http1.ConnectionBroken) as exc:
             self._metrics.upstream_errors.labels(self.name, "connection").inc()
             raise UpstreamUnreachable(
                 f"the connection to the {self.name} broke: {exc.__class__.__name__}",
