@@ -15,6 +15,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.config import load_settings
+    from gateway.heap import settle
     from gateway.logs import configure
 
     server: dict[str, object] = {}
@@ -24,8 +25,10 @@ def _run_gateway(args: argparse.Namespace) -> int:
         server["port"] = args.port
     settings = load_settings(args.config, **({"server": server} if server else {}))
     configure(settings.logging.level)
+    app = create_app(settings)
+    settle()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
