@@ -8,8 +8,11 @@ others seen in traffic, then folds the rest into ``other``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Self
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 # Latency buckets from 0.5 ms to 2 min: teacher calls span both ends.
 _LATENCY = (
@@ -23,6 +26,46 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0
 _AGREEMENT = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 OTHER_TASK = "other"
+
+
+class _CachedLabels(MetricWrapperBase):
+    """``labels(...)`` answered from a dict once the child exists.
+
+    prometheus_client validates the values and takes a lock on every ``labels`` call (~1.5 µs);
+    the gateway makes about ten such calls per shadow call and three per request. Label values
+    are bounded sets here, and so is this cache.
+    """
+
+    _children: dict[tuple[object, ...], Any]
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Self:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        children = self.__dict__.setdefault("_children", {})
+        child: Self | None = children.get(labelvalues)
+        if child is None:
+            child = children[labelvalues] = super().labels(*labelvalues)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self.__dict__.get("_children", {}).pop(labelvalues, None)
+        super().remove(*labelvalues)
+
+    def clear(self) -> None:
+        self.__dict__.get("_children", {}).clear()
+        super().clear()
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):
+    pass
 
 
 class TaskLabels:
