@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import time
 
 import orjson
@@ -50,6 +52,26 @@ def test_ids_sort_by_time_and_are_unique() -> None:
     ids = [new_id(now_ms=1_700_000_000_000 + i) for i in range(100)]
     assert ids == sorted(ids) and all(len(i) == 26 for i in ids)
     assert len({new_id() for _ in range(10_000)}) == 10_000
+
+
+def test_ids_differ_in_a_forked_child_and_ignore_random_seed() -> None:
+    """A forked child draws other random bits than its parent, and random.seed() (which a
+    training run calls) does not make ids repeat."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids to the parent, then out at once
+        os.write(write, " ".join(new_id(0) for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 3
+    assert not set(child) & {new_id(0) for _ in range(3)}
+    random.seed(7)
+    first = new_id(0)
+    random.seed(7)
+    assert new_id(0) != first
 
 
 def test_encoded_record_fits_the_schema() -> None:
