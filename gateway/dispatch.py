@@ -169,8 +169,13 @@ class Dispatch:
         if ex.shadow_of is not None:
             return
         if ex.backend == "teacher":
-            if inc.answered is not None and ex.answered is None:
-                ex.answered = resolver(inc.answered)
+            answered = inc.answered
+            if answered is None or answered.done() or ex.answered is not None:
+                return
+            if ex.stream:  # assembled from its events by the record encoder, off the loop
+                ex.answered = resolver(answered)
+            else:
+                answered.set_result(ex.response if ex.status == 200 and ex.complete else None)
             return
         if ex.route == "hybrid":
             return  # judged where it was asked

@@ -234,7 +234,7 @@ class Pool:
 
     async def post(self, path: str, body: bytes) -> Answer:
         """POST ``body`` to ``path`` (under the base URL's path); the whole answer."""
-        if not path.startswith("/") or any(c <= " " or c == "\x7f" for c in path):
+        if not (path.startswith("/") and path.isascii() and path.isprintable()) or " " in path:
             raise ValueError(f"not a request path: {path!r}")
         request = b"".join((
             b"POST ", (self._prefix + path).encode(), b" HTTP/1.1\r\n", self._head,

@@ -57,8 +57,8 @@ class Incoming:
     why: str | None = None
     # Told of every exchange recorded for this request (shadow scoring, output checks).
     watch: Callable[[Incoming, Exchange], None] | None = None
-    # Takes the client's answer as recorded (None if it did not complete), when a shadow call
-    # waits to compare with it.
+    # Takes the client's answer once captured (None if it did not complete; a stream as the
+    # record encoder assembled it), when a shadow call waits to compare with it.
     answered: asyncio.Future[bytes | None] | None = None
 
     @property

@@ -3,9 +3,10 @@
 The call starts with the request (so it overlaps the teacher's), runs in ``Background`` (awaited
 on shutdown), and is bounded: a request finding ``concurrency`` calls in flight is not shadowed
 (counted as skipped). Once both answers are in, the student's is checked and scored against the
-teacher's off the event loop, and recorded as its own exchange (``route=shadow``,
-``shadow_of`` = the client's request id, ``detail`` = checks and agreement). Nothing here can
-delay or fail the client's request: its answer only resolves a future this side awaits.
+teacher's (off the event loop when they are large), and recorded as its own exchange
+(``route=shadow``, ``shadow_of`` = the client's request id, ``detail`` = checks and agreement).
+Nothing here can delay or fail the client's request: its answer only resolves a future this
+side awaits.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class Shadow:
         self.in_flight = 0
 
     def start(self, inc: Incoming, adapter: str) -> asyncio.Future[bytes | None] | None:
-        """Shadow ``inc`` with ``adapter``; the future takes the client's answer once recorded
-        (see ``Exchange.answered``). None: not shadowed (too many in flight, or stopping)."""
+        """Shadow ``inc`` with ``adapter``; the future takes the client's answer once captured
+        (``Dispatch._watch``). None: not shadowed (too many in flight, or stopping)."""
         if self.in_flight >= self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
             return None
@@ -138,8 +139,10 @@ class Shadow:
         self._capture.submit(inc, ex, started)
 
     async def _teacher(self, answered: asyncio.Future[bytes | None]) -> bytes | None:
-        """The client's answer once recorded; None if it did not complete, or is not recorded
+        """The client's answer once captured; None if it did not complete, or is not captured
         within the shadow timeout (its request failed before capture)."""
+        if answered.done():
+            return answered.result()
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await answered
