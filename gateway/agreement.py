@@ -24,10 +24,9 @@ from typing import Any, Final
 from rapidfuzz import fuzz
 
 from gateway.answers import (
-    NOT_JSON,
     answer_text,
     normal_form,
-    read_json,
+    read_structured,
     same_field,
     tool_calls_text,
 )
@@ -36,8 +35,6 @@ from gateway.answers import (
 SIMILARITY_CHARS: Final = 5_000
 # Teacher fields compared per answer, in the teacher's order (a bounded set of metric labels).
 MAX_FIELDS: Final = 32
-# How a JSON object, a JSON array or a Markdown code fence around one begins.
-_STRUCTURED: Final = frozenset("{[`")
 # Decimal places kept by ``Agreement.to_dict``.
 _DIGITS: Final = 4
 
@@ -73,7 +70,7 @@ class Agreement:
 def score(teacher: dict[str, Any], student: dict[str, Any]) -> Agreement:
     """The student's ``chat.completion`` scored against the teacher's for the same request."""
     teacher_text, student_text = compared_text(teacher), compared_text(student)
-    teacher_value, student_value = _structured(teacher_text), _structured(student_text)
+    teacher_value, student_value = read_structured(teacher_text), read_structured(student_text)
     teacher_normal = normal_form(teacher_text, teacher_value)
     student_normal = normal_form(student_text, student_value)
     fields = _fields(teacher_value, student_value)
@@ -90,13 +87,6 @@ def compared_text(completion: dict[str, Any]) -> str:
     """What is compared of an answer: its tool calls' canonical text when its first choice
     made any, else its text."""
     return tool_calls_text(completion) or answer_text(completion)
-
-
-def _structured(text: str) -> Any:
-    """``read_json(text)`` where it may hold a JSON object or array (bare or fenced), else
-    NOT_JSON without trying: only those are compared as JSON, and most free-text answers would
-    fail a parse, which costs more than one that succeeds."""
-    return read_json(text) if text.lstrip()[:1] in _STRUCTURED else NOT_JSON
 
 
 def _similarity(a: str, b: str) -> float:

@@ -24,6 +24,8 @@ _FENCE: Final = "```"
 _TRAILING_PUNCTUATION: Final = ".,;:!?\u2026\u3002\uff01\uff1f"  # ellipsis, CJK stops
 # What ``read_json`` gives for an answer that is not JSON.
 NOT_JSON: Final = object()
+# How a JSON object, a JSON array or a Markdown code fence around one begins.
+_STRUCTURED: Final = frozenset("{[`")
 _LATEST: Final = jsonschema.Draft202012Validator
 
 
@@ -50,6 +52,13 @@ def read_json(text: str) -> Any:
         return NOT_JSON
 
 
+def read_structured(text: str) -> Any:
+    """``read_json(text)`` where it may hold a JSON object or array (bare or fenced), else
+    NOT_JSON without trying: what compares answers as JSON wants only those, and a failed
+    parse of free text costs more than a successful one."""
+    return read_json(text) if text.lstrip()[:1] in _STRUCTURED else NOT_JSON
+
+
 def canonical_json(value: Any) -> bytes:
     """A JSON value as compact JSON with sorted keys: equal values give equal bytes.
 
@@ -65,7 +74,8 @@ def normalize_text(text: str) -> str:
 
 
 def normal_form(text: str, value: Any) -> str:
-    """``normalize_answer(text)`` for an answer already read: ``value`` is ``read_json(text)``."""
+    """``normalize_answer(text)`` for an answer already read: ``value`` is ``read_json(text)``
+    (or ``read_structured(text)``: only an object or array is used)."""
     if isinstance(value, dict | list):
         try:
             return canonical_json(value).decode()
@@ -76,7 +86,7 @@ def normal_form(text: str, value: Any) -> str:
 
 def normalize_answer(text: str) -> str:
     """A JSON object or array as canonical JSON with sorted keys; any other answer as text."""
-    return normal_form(text, read_json(text))
+    return normal_form(text, read_structured(text))
 
 
 def same_field(answer: Any, key: str, value: Any) -> bool:

@@ -34,7 +34,7 @@ from gateway.record import new_id
 from gateway.relay import stream
 from gateway.rollouts import Rollouts
 from gateway.routing import Facts, decide
-from gateway.shadow import INLINE_BYTES, Shadow, resolver
+from gateway.shadow import INLINE_BYTES, Shadow, hand_over
 from gateway.sse import replay
 from gateway.student import StudentBackend, wants_usage
 
@@ -169,13 +169,8 @@ class Dispatch:
         if ex.shadow_of is not None:
             return
         if ex.backend == "teacher":
-            answered = inc.answered
-            if answered is None or answered.done() or ex.answered is not None:
-                return
-            if ex.stream:  # assembled from its events by the record encoder, off the loop
-                ex.answered = resolver(answered)
-            else:
-                answered.set_result(ex.response if ex.status == 200 and ex.complete else None)
+            if inc.answered is not None:
+                hand_over(inc.answered, ex)
             return
         if ex.route == "hybrid":
             return  # judged where it was asked

@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._read_timeout_s = read_timeout_s
         self._transport: asyncio.Transport | None = None
+        # One parser for the connection's life: llhttp reads one answer after another.
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -90,9 +91,7 @@ class _Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[Answer]:
         """Write ``request``; the future takes its whole answer."""
         assert self._transport is not None and self._waiter is None
-        self._parser = httptools.HttpResponseParser(self)
-        self._chunks, self._size, self._framed, self._headers_done = [], 0, False, False
-        self._head_size = self._head_pending = 0
+        self._start_answer()
         self.received = False
         self._waiter = waiter = self._loop.create_future()
         self._last_data = self._loop.time()
@@ -168,12 +167,16 @@ class _Connection(asyncio.Protocol):
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer: the real one follows
-            self._chunks, self._size, self._framed, self._headers_done = [], 0, False, False
+            self._start_answer()
             return
         self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
         self._end(None)
 
     # ---
+
+    def _start_answer(self) -> None:
+        self._chunks, self._size, self._framed, self._headers_done = [], 0, False, False
+        self._head_size = self._head_pending = 0
 
     def _end(self, error: Http1Error | None) -> None:
         waiter, self._waiter = self._waiter, None

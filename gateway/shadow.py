@@ -21,6 +21,7 @@ import structlog
 
 from gateway.agreement import Agreement, score
 from gateway.background import Background
+from gateway.capture import Exchange
 from gateway.checks import OutputChecks
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
@@ -37,7 +38,19 @@ log = structlog.get_logger("gateway")
 INLINE_BYTES: Final = 16 * 1024
 
 
-def resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:
+def hand_over(answered: asyncio.Future[bytes | None], ex: Exchange) -> None:
+    """Give a shadow call waiting on ``answered`` the client's answer in ``ex`` (the teacher's
+    exchange, being captured): a plain body at once; a stream once the record encoder has
+    assembled it, off the loop (``Exchange.answered``)."""
+    if answered.done() or ex.answered is not None:
+        return
+    if ex.stream:
+        ex.answered = _resolver(answered)
+    else:
+        answered.set_result(ex.response if ex.status == 200 and ex.complete else None)
+
+
+def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], None]:
     """A callback, safe from any thread, that resolves ``future`` on its loop (once)."""
     loop = future.get_loop()
 
@@ -45,11 +58,11 @@ def resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], N
         if not future.done():
             future.set_result(body)
 
-    def hand_over(body: bytes | None) -> None:
+    def call(body: bytes | None) -> None:
         if not loop.is_closed():  # a stopped gateway has nobody waiting
             loop.call_soon_threadsafe(resolve, body)
 
-    return hand_over
+    return call
 
 
 def judge(
@@ -90,7 +103,7 @@ class Shadow:
 
     def start(self, inc: Incoming, adapter: str) -> asyncio.Future[bytes | None] | None:
         """Shadow ``inc`` with ``adapter``; the future takes the client's answer once captured
-        (``Dispatch._watch``). None: not shadowed (too many in flight, or stopping)."""
+        (``hand_over``). None: not shadowed (too many in flight, or stopping)."""
         if self.in_flight >= self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
             return None

@@ -82,13 +82,6 @@ class Upstream:
             headers=self._headers,
             skip_auto_headers=("User-Agent",),
         )
-        self._pool = http1.Pool(
-            self.base_url,
-            self._headers,
-            connect_timeout_s=self._connect_timeout_s,
-            read_timeout_s=self._read_timeout_s,
-            max_connections=self._max_connections,
-        )
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -122,9 +115,17 @@ class Upstream:
 
         Retried as ``request`` is; a read timeout here is the longest silence, as there.
         """
-        pool = self._pool
-        if pool is None:
+        if self._session is None:
             raise RuntimeError(f"upstream {self.name} is not started")
+        pool = self._pool
+        if pool is None:  # made on first use: the teacher's upstream never needs one
+            pool = self._pool = http1.Pool(
+                self.base_url,
+                self._headers,
+                connect_timeout_s=self._connect_timeout_s,
+                read_timeout_s=self._read_timeout_s,
+                max_connections=self._max_connections,
+            )
         return await self._retrying(lambda: pool.post(path, body))
 
     async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
