@@ -39,6 +39,7 @@ from gateway.profile import (
     drift,
     prompt_text,
 )
+from gateway.ratelimit import TokenBucket
 from gateway.window import BUCKETS, Buckets
 
 log = structlog.get_logger("gateway")
@@ -97,8 +98,7 @@ class _Task:
     window: WindowedProfile
     score: float | None = None
     exported: bool = False  # whether its gauges are set
-    second: int = -1  # the second whose prompts ``taken`` counts (rate cap)
-    taken: int = 0
+    sampled: TokenBucket | None = None  # the prompts profiled (at most max_rate a second)
 
 
 class DriftMonitor:
@@ -112,10 +112,11 @@ class DriftMonitor:
     ``min_samples`` prompts, and go away while it holds fewer: below about 200 prompts PSI
     reads sampling noise as drift (a window of 30 same-distribution prompts scores ~0.15).
 
-    At most ``max_rate`` prompts per task per second are profiled: a window needs a few
-    hundred prompts, not every request (20 a second fill a 5-minute window with 6,000), and
-    profiling costs ~150 µs per KB of prompt on a thread that shares the interpreter with the
-    event loop: at 50 a second, 1 to 2 % of a loaded gateway's CPU for 1 KB prompts.
+    At most ``max_rate`` prompts per task per second are profiled (a token bucket; None: all of
+    them): a window needs a few hundred prompts, not every request (20 a second fill a 5-minute
+    window with 6,000), and profiling costs ~150 µs per KB of prompt on a thread that shares the
+    interpreter with the event loop: at 50 a second, 1 to 2 % of a loaded gateway's CPU for
+    1 KB prompts.
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class DriftMonitor:
         interval_s: float = 5.0,
         min_samples: int = 200,
         clock: Callable[[], float] = time.monotonic,
-        max_rate: int = 20,
+        max_rate: float | None = 20,
     ) -> None:
         if queue_max < 1 or interval_s <= 0 or min_samples < 1:
             raise ValueError(
@@ -155,12 +156,8 @@ class DriftMonitor:
         state = self._tasks.get(task)
         if state is None:
             return
-        second = int(self._clock())
-        if state.second != second:
-            state.second, state.taken = second, 0
-        if state.taken >= self._max_rate:
+        if state.sampled is not None and not state.sampled.take(self._clock()):
             return  # sampled out: the window has enough of this second's prompts
-        state.taken += 1
         if len(self._queue) >= self._queue_max:
             self._drops += 1
             self._metrics.drift_dropped.inc()
@@ -178,7 +175,11 @@ class DriftMonitor:
         self, task: str, label: str, reference: Profile | None, window_s: float
     ) -> None:
         """Monitors ``task`` against ``reference`` from an empty window (None: stops it)."""
-        new = None if reference is None else _Task(label, reference, WindowedProfile(window_s))
+        new = None
+        if reference is not None:
+            new = _Task(label, reference, WindowedProfile(window_s))
+            if self._max_rate is not None:
+                new.sampled = TokenBucket(self._max_rate, self._clock())
         with self._lock:
             old = self._tasks.pop(task, None)
             if new is not None:
