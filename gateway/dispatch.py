@@ -83,7 +83,9 @@ class Dispatch:
         decision = decide(inc.task, policy, self._facts(inc, policy), self.rng)
         inc.why, inc.watch = decision.why, self._watch
         if decision.shadow and self.shadow is not None:
-            inc.answered = self.shadow.start(inc, policy.adapter)
+            inc.answered = self.shadow.start(inc, policy.adapter, policy.shadow_max_per_s)
+            if inc.answered is None:
+                inc.why = "shadow_skipped"  # sampled, but over the rate or the concurrency
         if decision.backend == "teacher" or self.student is None:
             if decision.why in _DECLINED:
                 self.metrics.hybrid_declined.labels(inc.metrics_task, decision.why).inc()

@@ -244,7 +244,8 @@ class Metrics:
         self.shadow_requests = Counter(
             "protege_shadow_requests",
             "Shadow calls to the student, by outcome (scored; unscored: the teacher's answer did "
-            "not complete; failed; skipped: too many in flight).",
+            "not complete; failed; skipped: too many in flight; limited: over the task's "
+            "shadow_max_per_s).",
             ["task", "outcome"],
             registry=r,
         )
@@ -282,7 +283,7 @@ class Metrics:
             for reason in ("error_rate", "check_failures", "agreement"):
                 self.stepbacks.labels(task, reason)
         if mode == "shadow":
-            for outcome in ("scored", "unscored", "failed", "skipped"):
+            for outcome in ("scored", "unscored", "failed", "skipped", "limited"):
                 self.shadow_requests.labels(task, outcome)
         if mode == "hybrid":
             for reason in ("drift", "too_long", "charset"):

@@ -1,12 +1,13 @@
 """Shadow calls: the student answers a sampled request in the background, never the client.
 
 The call starts with the request (so it overlaps the teacher's), runs in ``Background`` (awaited
-on shutdown), and is bounded: a request finding ``concurrency`` calls in flight is not shadowed
-(counted as skipped). Once both answers are in, the student's is checked and scored against the
-teacher's (off the event loop when they are large), and recorded as its own exchange
-(``route=shadow``, ``shadow_of`` = the client's request id, ``detail`` = checks and agreement).
-Nothing here can delay or fail the client's request: its answer only resolves a future this
-side awaits.
+on shutdown), and is bounded twice: a request finding ``concurrency`` calls in flight is not
+shadowed (counted as skipped), nor is one beyond its task's ``shadow_max_per_s`` (a token
+bucket per task; counted as limited). Once both answers are in, the student's is checked and
+scored against the teacher's (off the event loop when they are large), and recorded as its own
+exchange (``route=shadow``, ``shadow_of`` = the client's request id, ``detail`` = checks and
+agreement). Nothing here can delay or fail the client's request: its answer only resolves a
+future this side awaits.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gateway.intake import Incoming
 from gateway.metrics import Metrics
 from gateway.monitor import Monitor
 from gateway.proxy import Capture
+from gateway.ratelimit import TokenBucket
 from gateway.record import new_id
 from gateway.student import StudentBackend
 
@@ -91,6 +93,7 @@ class Shadow:
         background: Background,
         concurrency: int,
         timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._student = student
         self._capture = capture
@@ -99,13 +102,21 @@ class Shadow:
         self._background = background
         self._concurrency = concurrency
         self._timeout_s = timeout_s
+        self._clock = clock
+        self._limits: dict[str, TokenBucket] = {}
         self.in_flight = 0
 
-    def start(self, inc: Incoming, adapter: str) -> asyncio.Future[bytes | None] | None:
-        """Shadow ``inc`` with ``adapter``; the future takes the client's answer once captured
-        (``hand_over``). None: not shadowed (too many in flight, or stopping)."""
+    def start(
+        self, inc: Incoming, adapter: str, max_per_s: float | None
+    ) -> asyncio.Future[bytes | None] | None:
+        """Shadow ``inc`` with ``adapter`` unless its task had ``max_per_s`` calls this second;
+        the future takes the client's answer once captured (``hand_over``). None: not shadowed
+        (too many in flight, over the rate, or stopping)."""
         if self.in_flight >= self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
+            return None
+        if max_per_s is not None and not self._limit(inc.task, max_per_s).take(self._clock()):
+            self._metrics.shadow_requests.labels(inc.metrics_task, "limited").inc()
             return None
         answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         call = self._run(inc, adapter, answered)
@@ -113,6 +124,12 @@ class Shadow:
             return None
         self.in_flight += 1
         return answered
+
+    def _limit(self, task: str, rate: float) -> TokenBucket:
+        bucket = self._limits.get(task)
+        if bucket is None or bucket.rate != rate:  # new, or its policy changed
+            bucket = self._limits[task] = TokenBucket(rate, self._clock())
+        return bucket
 
     async def _run(
         self, inc: Incoming, adapter: str, answered: asyncio.Future[bytes | None]

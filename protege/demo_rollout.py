@@ -30,7 +30,10 @@ class Rollout:
         self.stepbacks: list[str] = []
 
     def shadow(self, n: int) -> None:
-        self._op.set(mode="shadow", adapter=self._adapter, shadow_percent=100)
+        # Every request shadowed: the demo's few dozen are the whole evaluation.
+        self._op.set(
+            mode="shadow", adapter=self._adapter, shadow_percent=100, shadow_max_per_s=None
+        )
         before = self._op.metrics()
         self._send("shadow", n)
         done = self._op.wait_shadowed(before, n, SHADOW_WAIT_S)

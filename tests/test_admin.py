@@ -111,6 +111,8 @@ def test_list_shows_each_task_with_its_aliases_and_source(start: Any) -> None:
         (b'{"mode": "canary", "percent": 140, "adapter": "tickets/v3"}', 400, "percent",
          "percent must be less than or equal to 100, got 140"),
         (b'{"mode": "blue"}', 400, "mode", "mode must be 'teacher', 'shadow'"),
+        (b'{"shadow_max_per_s": 0}', 400, "shadow_max_per_s",
+         "shadow_max_per_s must be greater than 0, got 0"),
         (b'{"colour": "red"}', 400, "colour", "colour is not a known setting"),
         (b'{"mode": "canary", "percent": 5}', 400, "adapter",
          "adapter is required when mode is 'canary'"),

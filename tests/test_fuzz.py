@@ -318,6 +318,7 @@ _ROLLOUT = st.fixed_dictionaries(
         "percent": st.floats(-10, 200) | _json,
         "adapter": st.sampled_from(["fuzz/v1", "no-slash", "a/b/c"]) | _json,
         "shadow_percent": st.floats(0, 100) | _json,
+        "shadow_max_per_s": st.none() | st.floats(-1, 1e9) | _json,
         "window_s": st.floats(0, 100_000) | _json,
         "guardrails": st.fixed_dictionaries({}, optional={"min_samples": _json}) | _json,
         "checks": st.fixed_dictionaries({}, optional={"must_match": _json}) | _json,

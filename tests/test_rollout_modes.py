@@ -160,6 +160,23 @@ def test_shadow_concurrency_is_bounded(
     assert len([r for r in records(gw) if r["shadow_of"]]) == 1
 
 
+def test_shadow_calls_are_capped_per_second(start: Any, lorax: FakeLorax) -> None:
+    """With shadow_max_per_s 0.1 (one call, then one every 10 s), 4 requests in a row get one
+    shadow call; the other 3 are counted as limited and their records say so."""
+    lorax.says = echo
+    gw = start(mode="shadow", shadow_max_per_s=0.1)
+    c = client(gw)
+    for _ in range(4):
+        c.chat.completions.create(model="tickets", messages=ask())
+    assert gw.metric("protege_shadow_requests_total", task="tickets", outcome="limited") == 3
+    out = records(gw)
+    shadows = [r for r in out if r["shadow_of"]]
+    primaries = [r for r in out if not r["shadow_of"]]
+    (shadowed,) = [p for p in primaries if p["detail"] == {"why": "shadow"}]
+    assert [s["shadow_of"] for s in shadows] == [shadowed["request_id"]]
+    assert sorted(p["detail"]["why"] for p in primaries) == ["shadow"] + ["shadow_skipped"] * 3
+
+
 # -- canary ----------------------------------------------------------------------------------
 
 
