@@ -1,7 +1,8 @@
 """Gateway overhead per rollout mode: teacher, canary, shadow and hybrid, in one run.
 
     python loadtests/rollout_overhead.py [--duration 4] [--rounds 5] [--canary-percent 10]
-                                         [--shadow-percent 5] [--out results.json] [--strict]
+                                         [--shadow-percent 5] [--shadow-max-per-s 10]
+                                         [--out results.json] [--strict]
 
 The harness of ``gateway_overhead.py`` (wrk, the fast fake upstream answering as teacher and as
 student — LoRAX's OpenAI route answers any ``model`` — capture on), with two gateways pinned to
@@ -17,11 +18,14 @@ against the baseline: that control ratio is the measurement's own error, printed
 Every mode is measured once per round, in an order rotated from round to round; the medians
 over rounds are reported. Requests carry no ``user`` (and wrk no key), so the canary split
 follows the gateway's rng at the configured percent rather than putting one sticky user on one
-side. A shadow call is a second request the gateway makes on its own, so shadow mode costs
-about its sample share of throughput: judged at a 5 % sample by default, ``--shadow-percent``
-measures others. Targets: canary and shadow keep at least 90 % of teacher-mode throughput.
-Hybrid sends every request to the student (whole answer, output checks, streams replayed) and
-is reported, not judged.
+side. A shadow call is a second request the gateway makes on its own, checked, scored and
+recorded: it costs about as much CPU as a client's request. Shadow mode is judged as shipped, a
+5 % sample (``--shadow-percent``) capped at the policy's default of 10 calls a second
+(``--shadow-max-per-s``); ``shadow-uncapped``, the same sample without the cap, is reported to
+show what the calls cost. The shadow calls made per second are reported with each mode.
+Targets: canary and shadow keep at least 90 % of teacher-mode throughput. Hybrid sends every
+request to the student (whole answer, output checks, streams replayed) and is reported, not
+judged.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import wrk_runner
 from payloads import MODEL, chat_request
 from report import Scenario
 
+from gateway.policy import RolloutPolicy
 from gateway.profile import Profile, prompt_text
 
 _HERE = Path(__file__).resolve().parent
@@ -52,7 +57,10 @@ _PATH = "/v1/chat/completions"
 _TOKEN = "bench-admin"
 _TASK = "bench"
 _ADAPTER = "bench/v1"
-MODES = ("teacher", "canary", "shadow", "hybrid")
+MODES = ("teacher", "canary", "shadow", "shadow-uncapped", "hybrid")
+JUDGED = ("canary", "shadow")
+# What a shadow call that happened is counted as (limited and skipped ones did not).
+_SHADOW_CALLS = ("scored", "unscored", "failed")
 SCENARIOS = (Scenario("chat", False, 64), Scenario("stream", True, 16))
 TARGET = 0.90  # canary and shadow keep this share of teacher-mode throughput
 
@@ -72,6 +80,7 @@ class Run:
     cpu_us_per_req: float
     baseline_cpu_us_per_req: float
     baseline_rps: float
+    shadow_per_s: float  # shadow calls the tested gateway made
 
     @property
     def ratio(self) -> float:
@@ -93,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="measurements of each mode")
     parser.add_argument("--canary-percent", type=float, default=10.0)
     parser.add_argument("--shadow-percent", type=float, default=5.0)
+    parser.add_argument("--shadow-max-per-s", type=float,
+                        default=RolloutPolicy.model_fields["shadow_max_per_s"].default)  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
     args = parser.parse_args(argv)
@@ -132,8 +143,10 @@ def config(tmp: Path, upstream: str) -> Path:
 
 
 def set_mode(port: int, mode: str, args: argparse.Namespace) -> None:
-    change = {"mode": mode, "adapter": _ADAPTER, "percent": args.canary_percent,
-              "shadow_percent": args.shadow_percent}  # fmt: skip
+    uncapped = mode == "shadow-uncapped"
+    change = {"mode": "shadow" if uncapped else mode, "adapter": _ADAPTER,
+              "percent": args.canary_percent, "shadow_percent": args.shadow_percent,
+              "shadow_max_per_s": None if uncapped else args.shadow_max_per_s}  # fmt: skip
     conn = http.client.HTTPConnection(procs.HOST, port, timeout=10)
     try:
         headers = {"Authorization": f"Bearer {_TOKEN}", "Content-Type": "application/json"}
@@ -161,6 +174,23 @@ def start_gateway(name: str, tmp: Path, upstream: str, core: int,
     return Gateway(name, port, children[-1].pid)
 
 
+def shadow_calls(port: int) -> float:
+    """The shadow calls a gateway has made, from its ``/metrics``."""
+    conn = http.client.HTTPConnection(procs.HOST, port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("protege_shadow_requests_total{"):
+            labels, _, value = line.rpartition(" ")
+            if any(f'outcome="{o}"' in labels for o in _SHADOW_CALLS):
+                total += float(value)
+    return total
+
+
 def load_both(gateways: tuple[Gateway, Gateway], file: Path, conns: int, seconds: float,
               core: int) -> list[wrk_runner.WrkResult]:  # fmt: skip
     """wrk against both gateways at once; their results in the same order."""
@@ -174,16 +204,19 @@ def measure(gateways: tuple[Gateway, Gateway], core: int, files: dict[bool, Path
     file, conns = files[scenario.stream], scenario.connections
     if args.warmup:
         load_both(gateways, file, conns, args.warmup, core)
+    shadowed = shadow_calls(gateways[1].port)  # outside the CPU measured
     cpu = [procs.cpu_seconds(g.pid) for g in gateways]
     base, tested = load_both(gateways, file, conns, args.duration, core)
     cpu = [procs.cpu_seconds(g.pid) - c for g, c in zip(gateways, cpu, strict=True)]
+    shadowed = shadow_calls(gateways[1].port) - shadowed
     run = Run(round_, mode, scenario.name, conns, tested.rps, tested.p50_us / 1000,
               tested.p99_us / 1000, tested.errors + base.errors,
               cpu[1] / max(tested.requests, 1) * 1e6, cpu[0] / max(base.requests, 1) * 1e6,
-              base.rps)  # fmt: skip
-    print(f"  {mode:<8} {scenario.name:<6} {conns:>3} conns  {run.rps:>7,.0f}/s beside "
+              base.rps, shadowed / args.duration)  # fmt: skip
+    print(f"  {mode:<15} {scenario.name:<6} {conns:>3} conns  {run.rps:>7,.0f}/s beside "
           f"{run.baseline_rps:>7,.0f}/s  {run.cpu_us_per_req:>5.0f} vs "
-          f"{run.baseline_cpu_us_per_req:>5.0f} µs/req  x{run.ratio:.3f}  errors {run.errors}",
+          f"{run.baseline_cpu_us_per_req:>5.0f} µs/req  x{run.ratio:.3f}  shadow "
+          f"{run.shadow_per_s:.0f}/s  errors {run.errors}",
           file=sys.stderr, flush=True)  # fmt: skip
     return run
 
@@ -232,6 +265,7 @@ class Row:
     cpu_us_per_req: float
     p50_ms: float
     p99_ms: float
+    shadow_per_s: float
     judged: bool
 
     @property
@@ -247,7 +281,7 @@ def rows(runs: list[Run]) -> list[Row]:
             cpu = median(r.cpu_us_per_req for r in of)
             out.append(Row(mode, scenario.name, median(r.ratio for r in of), 1e6 / cpu, cpu,
                            median(r.p50_ms for r in of), median(r.p99_ms for r in of),
-                           mode in ("canary", "shadow")))  # fmt: skip
+                           median(r.shadow_per_s for r in of), mode in JUDGED))  # fmt: skip
     return out
 
 
@@ -255,18 +289,20 @@ def render(table: list[Row], args: argparse.Namespace) -> str:
     lines = [
         f"Gateway throughput per rollout mode, beside a teacher-mode baseline on the same core: "
         f"{args.duration} s per run, {os.cpu_count()} CPUs ({procs.cpu_model()}); canary "
-        f"{args.canary_percent:g} %, shadow sample {args.shadow_percent:g} %; medians of "
+        f"{args.canary_percent:g} %, shadow sample {args.shadow_percent:g} % (at most "
+        f"{args.shadow_max_per_s:g} calls/s; uncapped: no limit); medians of "
         f"{args.rounds} rounds (teacher: the control, its ratio the measurement's error)",
         "",
-        "| mode | scenario | vs teacher | req/s per core | gw CPU µs/req | p50 ms | p99 ms "
-        "| target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | scenario | vs teacher | req/s per core | gw CPU µs/req | shadow calls/s "
+        "| p50 ms | p99 ms | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in table:
         verdict = (f"≥ {TARGET:.0%}: " + ("pass" if r.passed else "FAIL")) if r.judged else "-"
         lines.append(
             f"| {r.mode} | {r.scenario} | {r.ratio:.3f} | {r.capacity:,.0f} | "
-            f"{r.cpu_us_per_req:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {verdict} |"
+            f"{r.cpu_us_per_req:,.0f} | {r.shadow_per_s:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {verdict} |"
         )
     return "\n".join(lines)
 
