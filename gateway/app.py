@@ -164,7 +164,14 @@ def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Fas
         finally:
             await gw.stop()
 
-    app = FastAPI(title="Protégé gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No redirects between "/x" and "/x/": an unknown path is a 404 in the OpenAI shape.
+    app = FastAPI(
+        title="Protégé gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     app.state.gateway = gw
     _add_error_handlers(app)
     _add_routes(app, gw)

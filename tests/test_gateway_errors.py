@@ -78,6 +78,19 @@ def test_unknown_path_is_openai_404(gateway: RunningGateway) -> None:
     assert_openai_error(httpx.post(gateway.url + "/v1/nope", json={}), 404, "not_found")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/healthz/"), ("GET", "/v1/models/"), ("POST", "/v1/chat/completions/"),
+     ("GET", "/admin/routes/%2F")],
+)  # fmt: skip
+def test_a_near_miss_path_is_a_404_not_a_redirect(
+    gateway: RunningGateway, method: str, path: str
+) -> None:
+    """A known path with a slash too many is unknown: 404 in the OpenAI shape, no redirect."""
+    resp = httpx.request(method, gateway.url + path, json={}, follow_redirects=False)
+    assert_openai_error(resp, 404, "not_found")
+
+
 def test_body_over_limit_is_413(make_gateway: Any, teacher: FakeTeacher) -> None:
     """A body over max_body_bytes is refused before it is forwarded."""
     gw = make_gateway(max_body_bytes=2048)
