@@ -33,7 +33,9 @@ async def run(ctx: Context) -> Result:
     result = Result(NAME, 0, 0, 0, None)
     async with world(ctx, NAME) as (ws, teacher):
         with Student() as student:
-            rollout = {"mode": "shadow", "adapter": f"{TASK}/v1", "shadow_percent": 100}
+            # Every request sampled, uncapped: the concurrency bound is what is under test.
+            rollout = {"mode": "shadow", "adapter": f"{TASK}/v1", "shadow_percent": 100,
+                       "shadow_max_per_s": None}  # fmt: skip
             config = ws.write_config(
                 teacher.base_url,
                 student={"base_url": student.base_url},
