@@ -147,16 +147,22 @@ def set_mode(port: int, mode: str, args: argparse.Namespace) -> None:
     change = {"mode": "shadow" if uncapped else mode, "adapter": _ADAPTER,
               "percent": args.canary_percent, "shadow_percent": args.shadow_percent,
               "shadow_max_per_s": None if uncapped else args.shadow_max_per_s}  # fmt: skip
+    headers = {"Authorization": f"Bearer {_TOKEN}", "Content-Type": "application/json"}
+    status, answer = call(port, "PUT", f"/admin/routes/{_TASK}", json.dumps(change), headers)
+    if status != 200:
+        raise SystemExit(f"the admin API refused mode {mode}: {status} {answer[:300]!r}")
+
+
+def call(port: int, method: str, path: str, body: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
+    """(status, body) of one request to a gateway."""
     conn = http.client.HTTPConnection(procs.HOST, port, timeout=10)
     try:
-        headers = {"Authorization": f"Bearer {_TOKEN}", "Content-Type": "application/json"}
-        conn.request("PUT", f"/admin/routes/{_TASK}", json.dumps(change), headers)
+        conn.request(method, path, body, headers or {})
         resp = conn.getresponse()
-        answer = resp.read()
+        return resp.status, resp.read()
     finally:
         conn.close()
-    if resp.status != 200:
-        raise SystemExit(f"the admin API refused mode {mode}: {resp.status} {answer[:300]!r}")
 
 
 def start_gateway(name: str, tmp: Path, upstream: str, core: int,
@@ -176,19 +182,9 @@ def start_gateway(name: str, tmp: Path, upstream: str, core: int,
 
 def shadow_calls(port: int) -> float:
     """The shadow calls a gateway has made, from its ``/metrics``."""
-    conn = http.client.HTTPConnection(procs.HOST, port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("protege_shadow_requests_total{"):
-            labels, _, value = line.rpartition(" ")
-            if any(f'outcome="{o}"' in labels for o in _SHADOW_CALLS):
-                total += float(value)
-    return total
+    text = call(port, "GET", "/metrics")[1].decode()
+    name = "protege_shadow_requests_total"
+    return sum(procs.metric(text, name, outcome=outcome) for outcome in _SHADOW_CALLS)
 
 
 def load_both(gateways: tuple[Gateway, Gateway], file: Path, conns: int, seconds: float,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ledger import frame_offsets, read_store, segment_ids
 from mix import Mix
+from procs import metric
 from scenario import Context, Scenario, judge, wind_down, world
-from services import metric
 from traffic import Traffic
 from verdict import Result
 

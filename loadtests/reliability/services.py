@@ -24,7 +24,6 @@ import httpx
 import procs
 import yaml
 from bootstrap import ROOT
-from prometheus_client.parser import text_string_to_metric_families
 
 Child = subprocess.Popen[bytes]
 
@@ -37,16 +36,6 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 class Workspace:

@@ -13,8 +13,8 @@ import asyncio
 from fakes import Student
 from ledger import read_store
 from mix import MODELS, Mix
+from procs import metric
 from scenario import Context, Scenario, judge, latency_held, wind_down, world
-from services import metric
 from traffic import Traffic
 from verdict import Result
 

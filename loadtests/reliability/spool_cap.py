@@ -15,8 +15,9 @@ import time
 import httpx
 from ledger import read_store
 from mix import Mix
+from procs import metric
 from scenario import Context, Scenario, judge, wind_down, world
-from services import Workspace, metric
+from services import Workspace
 from traffic import Traffic
 from verdict import Result
 

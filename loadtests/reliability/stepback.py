@@ -18,8 +18,9 @@ import httpx
 from fakes import Student
 from ledger import read_store
 from mix import MODELS, Mix
+from procs import metric
 from scenario import Context, Scenario, judge, wind_down, world
-from services import Workspace, metric
+from services import Workspace
 from slow_shadow import routes
 from traffic import Traffic
 from verdict import Result

@@ -11,9 +11,10 @@ import asyncio
 import time
 
 from mix import Mix
+from procs import metric
 from s3store import s3_store
 from scenario import Context, Scenario, judge, latency_held, wind_down, world
-from services import Workspace, metric
+from services import Workspace
 from traffic import Traffic
 from verdict import Result
 

@@ -11,8 +11,8 @@ import asyncio
 
 from ledger import read_store
 from mix import Mix
+from procs import metric
 from scenario import Context, Scenario, judge, latency_held, wind_down, world
-from services import metric
 from traffic import Traffic
 from verdict import Result
 
