@@ -39,8 +39,8 @@ demo: $(VENV)/.dev
 	$(BIN)/protege demo
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check gateway sidecar trainer protege tests loadtests
-	$(BIN)/mypy gateway sidecar
+	$(BIN)/ruff check core gateway sidecar trainer protege tests loadtests
+	$(BIN)/mypy core gateway sidecar
 
 bench: $(VENV)/.dev
 	$(BIN)/python loadtests/gateway_overhead.py

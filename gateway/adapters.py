@@ -4,33 +4,33 @@ inputs it was trained on (the baseline of the task's drift monitor and hybrid in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import orjson
 import structlog
 
+from core.errors import StoreError
+from core.keys import manifest_key
+from core.profile import Profile
+from core.store import Store
 from gateway.background import Background
 from gateway.drift import DriftMonitor, reference_of
-from gateway.profile import Profile
 from gateway.rollouts import Active
-from sidecar.errors import StoreError
-from sidecar.store import Store
 
 log = structlog.get_logger("gateway")
-
-MANIFEST: Final = "protege.json"
 
 
 async def manifest(store: Store, adapter: str) -> dict[str, Any]:
     """The ``protege.json`` of ``adapter`` (``<task>/<version>``); ``StoreNotFound`` when the
     adapter is not published (its manifest is written last)."""
-    data = await store.get(f"adapters/{adapter}/{MANIFEST}")
+    key = manifest_key(adapter)
+    data = await store.get(key)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"adapters/{adapter}/{MANIFEST} is not JSON: {exc}") from exc
+        raise ValueError(f"{key} is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"adapters/{adapter}/{MANIFEST} is not a JSON object")
+        raise ValueError(f"{key} is not a JSON object")
     return obj
 
 

@@ -24,15 +24,15 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from core.errors import StoreError, StoreNotFound
+from core.settings import problem
+from core.store import Store
 from gateway.adapters import manifest
 from gateway.auth import bearer
-from gateway.config import problem
 from gateway.errors import InvalidRequest, NotFound, ServiceUnavailable, Unauthorized
 from gateway.intake import json_object
 from gateway.policy import RolloutPolicy
 from gateway.rollouts import Active, Rollouts
-from sidecar.errors import StoreError, StoreNotFound
-from sidecar.store import Store
 
 log = structlog.get_logger("gateway")
 

@@ -23,13 +23,7 @@ from typing import Any, Final
 
 from rapidfuzz import fuzz
 
-from gateway.answers import (
-    answer_text,
-    normal_form,
-    read_structured,
-    same_field,
-    tool_calls_text,
-)
+from core.answers import answer_text, normal_form, read_structured, same_field, tool_calls_text
 
 # Characters of each normalized answer the similarity reads.
 SIMILARITY_CHARS: Final = 5_000

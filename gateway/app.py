@@ -14,6 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from core.ids import new_id
+from core.redact import Redactor
+from core.store import Store, open_store
 from gateway.adapters import References
 from gateway.admin import Admin, add_admin_routes
 from gateway.asgi import REQUEST_ID, FastLane, error_response, json_response
@@ -29,15 +32,12 @@ from gateway.metrics import Metrics, TaskLabels
 from gateway.monitor import Monitor
 from gateway.policy import RolloutPolicy
 from gateway.proxy import Capture, Proxy, TeacherBackend
-from gateway.record import new_id
-from gateway.redact import Redactor
 from gateway.rollouts import Rollouts
 from gateway.routes import RouteTable
 from gateway.shadow import Shadow
 from gateway.spool import SpoolWriter
 from gateway.student import StudentBackend
 from gateway.upstream import Upstream
-from sidecar.store import Store, open_store
 
 log = structlog.get_logger("gateway")
 

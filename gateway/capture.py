@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import structlog
 
+from core.record import SCHEMA_VERSION
+from core.redact import Redactor
 from gateway.metrics import Metrics
-from gateway.record import SCHEMA_VERSION
-from gateway.redact import Redactor
 from gateway.sse import assemble, json_member
 
 log = structlog.get_logger("gateway")

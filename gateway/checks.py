@@ -28,7 +28,7 @@ from typing import Any, Final
 import orjson
 import re2
 
-from gateway.answers import (
+from core.answers import (
     answer_text,
     response_schema,
     satisfies,

@@ -1,16 +1,5 @@
-"""The gateway's settings: one typed object, loaded once at start-up from YAML and environment.
-
-Precedence: defaults < YAML file < environment. The environment names are::
-
-    PROTEGE_TEACHER_BASE_URL   teacher.base_url
-    PROTEGE_TEACHER_API_KEY    teacher.api_key
-    PROTEGE_STUDENT_BASE_URL   student.base_url
-    PROTEGE_STUDENT_API_KEY    student.api_key
-    PROTEGE_API_KEYS           api_keys (comma-separated)
-    PROTEGE_SPOOL_DIR          spool.dir
-    PROTEGE_STORE              store
-    PROTEGE_ADMIN_TOKEN        rollouts.admin_token
-    PROTEGE_HASH_SALT          hash_salt
+"""The gateway's settings: one typed object, loaded once at start-up from the shared YAML file
+and the environment (``core.settings`` says how, and which environment names set what).
 
 A bad value fails start-up with a ``ConfigError`` naming the key, e.g.
 ``config: routes[2].task must be a non-empty string, got ''``.
@@ -21,35 +10,23 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+
+from core.keys import NAME
+from core.settings import (
+    DEFAULT_STORE,
+    KeyProblem,
+    LoggingConfig,
+    Model,
+    RedactionConfig,
+    SpoolConfig,
+    StoreUri,
+    gather,
+    validate,
 )
-
-from gateway.errors import ConfigError
-from gateway.policy import KeyProblem, RolloutPolicy, re2_pattern
-from gateway.policy import Model as _Model
-
-_SECRET_KEYS = re.compile(r"key|token|secret|password", re.IGNORECASE)
-M = TypeVar("M", bound=BaseModel)
-
-
-def _check_store_uri(value: str) -> str:
-    if not re.match(r"^(file://.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$", value):
-        raise ValueError("must be file://DIR or s3://bucket[/prefix]")
-    return value
-
-
-StoreUri = Annotated[str, AfterValidator(_check_store_uri)]
+from gateway.policy import RolloutPolicy
 
 
 def _check_http_url(value: str) -> str:
@@ -59,10 +36,9 @@ def _check_http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
-class UpstreamConfig(_Model):
+class UpstreamConfig(Model):
     """How the gateway talks to an OpenAI-compatible upstream (see ``gateway.upstream``)."""
 
     api_key: SecretStr | None = None
@@ -101,11 +77,11 @@ class StudentConfig(UpstreamConfig):
     max_connections: int = Field(default=256, ge=1)
 
 
-class RouteConfig(_Model):
+class RouteConfig(Model):
     """Maps a model alias the client asks for to a task, its teacher model and its student."""
 
     alias: str = Field(min_length=1)
-    task: str = Field(min_length=1, pattern=f"^{_NAME}$")
+    task: str = Field(min_length=1, pattern=f"^{NAME}$")
     # The model name sent to the teacher; None forwards the client's model unchanged.
     teacher_model: str | None = None
     # The task's rollout: which backend answers, and its guardrails (see gateway.policy).
@@ -113,63 +89,17 @@ class RouteConfig(_Model):
     rollout: RolloutPolicy = RolloutPolicy()
 
 
-class RedactionRule(_Model):
-    """A pattern (RE2 syntax) whose matches are replaced in logged text, never in live answers."""
-
-    name: str = Field(min_length=1)
-    pattern: str = Field(min_length=1)
-    replacement: str = "[REDACTED]"
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        return re2_pattern(value)
-
-
-class RedactionConfig(_Model):
-    """PII and secret scrubbing applied to the captured request and response text."""
-
-    # Built-in rules: emails, phone numbers, card numbers, bearer tokens, API keys.
-    defaults: bool = True
-    rules: tuple[RedactionRule, ...] = ()
-
-
-class SpoolConfig(_Model):
-    """Where and how exchange records are spooled before the sidecar ships them."""
-
-    dir: Path = Path(".protege/spool")
-    # A segment is sealed (handed to the sidecar) once it holds this many bytes...
-    segment_max_bytes: int = Field(default=16 * 1024 * 1024, ge=4096)
-    # ...or once its first record is this old, so quiet tasks still ship promptly.
-    segment_max_age_s: float = Field(default=30.0, gt=0)
-    # never: leave flushing to the OS (a killed process loses nothing, power loss may);
-    # interval: fsync at most every fsync_interval_s; always: fsync before acknowledging.
-    fsync: Literal["never", "interval", "always"] = "interval"
-    fsync_interval_s: float = Field(default=1.0, gt=0)
-    # Cap on the bytes held in the spool directory (open + sealed segments).
-    max_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024)
-    # When the cap is reached: drop (keep serving, do not capture new records, count them)
-    # or reject (answer 503 to new requests until the sidecar drains the spool).
-    on_full: Literal["drop", "reject"] = "drop"
-
-
-class ServerConfig(_Model):
+class ServerConfig(Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
 
-class LoggingConfig(_Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    # One JSON line per request answered.
-    access_log: bool = False
-
-
-class MetricsConfig(_Model):
+class MetricsConfig(Model):
     # Task label values admitted beyond the configured routes before folding into "other".
     max_dynamic_tasks: int = Field(default=50, ge=0)
 
 
-class RolloutSettings(_Model):
+class RolloutSettings(Model):
     """How rollouts are administered, shared between replicas and shadowed."""
 
     # Bearer token of the admin API (/admin/routes); None turns the admin API off.
@@ -184,7 +114,7 @@ class RolloutSettings(_Model):
     drift_queue: int = Field(default=10000, ge=1)
 
 
-class GatewaySettings(_Model):
+class GatewaySettings(Model):
     """Everything ``protege gateway`` needs, validated."""
 
     teacher: TeacherConfig = TeacherConfig()
@@ -203,7 +133,7 @@ class GatewaySettings(_Model):
     metrics: MetricsConfig = MetricsConfig()
     rollouts: RolloutSettings = RolloutSettings()
     # Where the sidecar ships records: file://DIR or s3://bucket/prefix.
-    store: StoreUri = "file://.protege/store"
+    store: StoreUri = DEFAULT_STORE
 
     @field_validator("routes")
     @classmethod
@@ -248,103 +178,6 @@ class GatewaySettings(_Model):
             if "rollout" in route.model_fields_set or route.task not in out:
                 out[route.task] = route.rollout
         return out
-
-
-# Environment variable -> the dotted key it sets.
-_ENV_KEYS = {
-    "PROTEGE_TEACHER_BASE_URL": "teacher.base_url",
-    "PROTEGE_TEACHER_API_KEY": "teacher.api_key",
-    "PROTEGE_STUDENT_BASE_URL": "student.base_url",
-    "PROTEGE_STUDENT_API_KEY": "student.api_key",
-    "PROTEGE_SPOOL_DIR": "spool.dir",
-    "PROTEGE_STORE": "store",
-    "PROTEGE_ADMIN_TOKEN": "rollouts.admin_token",
-    "PROTEGE_HASH_SALT": "hash_salt",
-}
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """The settings named by PROTEGE_* environment variables, as a nested dict."""
-    out: dict[str, Any] = {}
-    for name, key in _ENV_KEYS.items():
-        if name in env:
-            *sections, leaf = key.split(".")
-            node = out
-            for section in sections:
-                node = node.setdefault(section, {})
-            node[leaf] = env[name]
-    if "PROTEGE_API_KEYS" in env:
-        out["api_keys"] = [k.strip() for k in env["PROTEGE_API_KEYS"].split(",") if k.strip()]
-    return out
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        index = isinstance(part, int) or part.isdigit()
-        path += f"[{part}]" if index else (f".{part}" if path else str(part))
-    return path or "(root)"
-
-
-def problem(exc: ValidationError) -> tuple[str, str]:
-    """The first validation error as (key, ``<problem>, got <value>``)."""
-    err = exc.errors()[0]
-    cause = err.get("ctx", {}).get("error")
-    if isinstance(cause, KeyProblem):
-        return _key_path((*err["loc"], *cause.key.split("."))), str(cause)
-    path = _key_path(tuple(err["loc"]))
-    msg = re.sub(r"^(Input|String|Value) should", "must", err["msg"].removeprefix("Value error, "))
-    if err["type"] == "extra_forbidden":
-        return path, "is not a known setting"
-    if err["type"] == "missing":
-        return path, "is required"
-    shown = "***" if _SECRET_KEYS.search(path) else repr(err.get("input"))
-    return path, f"{msg[:1].lower()}{msg[1:]}, got {shown}"
-
-
-def describe(exc: ValidationError) -> str:
-    """The first validation error as ``config: <key> <problem>, got <value>``."""
-    key, text = problem(exc)
-    return f"config: {key} {text}"
-
-
-def gather(
-    path: str | os.PathLike[str] | None,
-    env: Mapping[str, str] | None,
-    overrides: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The raw settings: the YAML file at ``path`` (optional) < environment < ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config: {path} must hold a mapping at the top level")
-        data = loaded or {}
-    data = _merge(data, _env_overrides(os.environ if env is None else env))
-    return _merge(data, overrides)
-
-
-def validate(model: type[M], data: Mapping[str, Any]) -> M:
-    """``data`` as a ``model``, or a ``ConfigError`` naming the first bad key."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(describe(exc)) from exc
 
 
 # Sections of the shared config file that belong to other services.

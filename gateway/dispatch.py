@@ -18,6 +18,8 @@ import orjson
 import structlog
 from starlette.responses import Response
 
+from core.ids import new_id
+from core.text import prompt_text
 from gateway.adapters import References
 from gateway.background import Background
 from gateway.capture import Exchange, completion_of
@@ -28,9 +30,7 @@ from gateway.intake import Incoming
 from gateway.metrics import Metrics
 from gateway.monitor import Monitor
 from gateway.policy import RolloutPolicy
-from gateway.profile import prompt_text
 from gateway.proxy import Backend, Proxy, TeacherBackend, timing_headers
-from gateway.record import new_id
 from gateway.relay import stream
 from gateway.rollouts import Rollouts
 from gateway.routing import Facts, decide

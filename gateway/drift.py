@@ -27,8 +27,7 @@ from typing import Any, Final
 
 import structlog
 
-from gateway.metrics import Metrics
-from gateway.profile import (
+from core.profile import (
     _CLASS_CHARS,
     _TABLE,
     CHARSETS,
@@ -37,8 +36,9 @@ from gateway.profile import (
     TOKEN_BINS,
     Profile,
     drift,
-    prompt_text,
 )
+from core.text import prompt_text
+from gateway.metrics import Metrics
 from gateway.ratelimit import TokenBucket
 from gateway.window import BUCKETS, Buckets
 

@@ -1,9 +1,6 @@
-"""Errors of the gateway, and their OpenAI-shaped rendering.
+"""Errors of the gateway's API, and their OpenAI-shaped rendering.
 
-    ProtegeError
-    ├── ConfigError                 bad settings; start-up fails naming the key
-    ├── SpoolError                  the spool directory holds something it should not
-    │   └── CorruptSegment          a sealed segment fails its checks (.path, .offset, .reason)
+    ProtegeError (core.errors)
     └── ApiError                    answered to the client as {"error": {...}} with .status
         ├── InvalidRequest          400 malformed JSON, missing model/messages, bad field
         ├── Unauthorized            401 missing or unknown gateway key
@@ -24,33 +21,11 @@ Only this module knows the wire shape; the app has one handler that renders ``Ap
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-
-class ProtegeError(Exception):
-    """Base of every error Protégé raises on purpose."""
-
-
-class ConfigError(ProtegeError):
-    """Settings that cannot be used; the message names the key."""
-
-
-class SpoolError(ProtegeError):
-    """Something in the spool directory cannot be used as it is."""
-
-
-class CorruptSegment(SpoolError):
-    """A segment that should be whole is not: bad magic, a bad record or trailing bytes."""
-
-    def __init__(self, path: str | os.PathLike[str], offset: int, reason: str):
-        super().__init__(f"{os.fspath(path)}: {reason} at byte {offset}")
-        self.path = Path(path)
-        self.offset = offset
-        self.reason = reason
+from core.errors import ProtegeError
 
 
 class ApiError(ProtegeError):

@@ -14,6 +14,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from core.segment import recovery_counters
+
 # Latency buckets from 0.5 ms to 2 min: teacher calls span both ends.
 _LATENCY = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -87,21 +89,6 @@ class TaskLabels:
         self._room -= 1
         self._known.add(task)
         return task
-
-
-def recovery_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
-    """(torn records, sealed segments): kept by every process that writes or recovers spool."""
-    torn = Counter(
-        "protege_spool_torn_records",
-        "Torn records cut from the tail of a segment left open by a crashed writer.",
-        registry=registry,
-    )
-    sealed = Counter(
-        "protege_spool_segments_sealed",
-        "Spool segments sealed and handed to the sidecar.",
-        registry=registry,
-    )
-    return torn, sealed
 
 
 class Metrics:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-import re2
 from jsonschema import Draft202012Validator, SchemaError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from core.keys import NAME
+from core.settings import KeyProblem, Model, re2_pattern
 
 Mode = Literal["teacher", "shadow", "canary", "hybrid", "student"]
 MODES: Final[tuple[Mode, ...]] = ("teacher", "shadow", "canary", "hybrid", "student")
 # Modes in which the student answers some client requests (and so can be stepped back).
 ANSWERING: Final = frozenset({"canary", "hybrid", "student"})
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 # Phrases that mark an answer as a refusal (matched case-insensitively anywhere in the text).
 REFUSALS: Final = (
@@ -38,30 +39,6 @@ REFUSALS: Final = (
     "i am unable to",
     "as an ai language model",
 )
-
-
-class KeyProblem(ValueError):
-    """A check across several settings, naming the key (relative to the model checked) at fault."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
-
-
-class Model(BaseModel):
-    """Settings: unknown keys refused, values frozen once loaded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def re2_pattern(value: str) -> str:
-    """``value`` once it compiles as an RE2 pattern (a ``ValueError`` saying why, else)."""
-    try:
-        re2.compile(value)
-    except re2.error as exc:
-        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-        raise ValueError(f"{value!r} is not a valid RE2 pattern ({reason})") from exc
-    return value
 
 
 class OutputChecksConfig(Model):
@@ -126,7 +103,7 @@ class RolloutPolicy(Model):
     # canary: share of requests (by hashed user, else client) the student answers.
     percent: float = Field(default=0.0, ge=0, le=100)
     # The task's student: a published adapter <task>/<version>, the model LoRAX is asked for.
-    adapter: str | None = Field(default=None, pattern=f"^{_NAME}/{_NAME}$")
+    adapter: str | None = Field(default=None, pattern=f"^{NAME}/{NAME}$")
     # shadow: share of requests also sent to the student (in shadow mode only).
     shadow_percent: float = Field(default=100.0, ge=0, le=100)
     # shadow: at most this many of the task's shadow calls a second, per gateway replica; None:

@@ -20,11 +20,11 @@ import structlog
 from multidict import CIMultiDictProxy
 from starlette.responses import Response
 
+from core.ids import new_id
 from gateway.capture import Exchange, completion_of
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
 from gateway.metrics import Metrics
-from gateway.record import new_id
 from gateway.spool import SpoolWriter
 from gateway.upstream import Upstream
 

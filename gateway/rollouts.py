@@ -27,14 +27,15 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
+from core.errors import StoreError, StoreNotFound
+from core.keys import ROLLOUTS
+from core.store import Store
 from gateway.metrics import Metrics
 from gateway.policy import MODES, RolloutPolicy
-from sidecar.errors import StoreError, StoreNotFound
-from sidecar.store import Store
 
 log = structlog.get_logger("gateway")
 
-KEY: Final = "rollouts/routes.json"
+KEY: Final = ROLLOUTS
 DOC_VERSION: Final = 1
 
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 import orjson
 import structlog
 
+from core.ids import new_id
 from gateway.agreement import Agreement, score
 from gateway.background import Background
 from gateway.capture import Exchange
@@ -30,7 +31,6 @@ from gateway.metrics import Metrics
 from gateway.monitor import Monitor
 from gateway.proxy import Capture
 from gateway.ratelimit import TokenBucket
-from gateway.record import new_id
 from gateway.student import StudentBackend
 
 log = structlog.get_logger("gateway")

@@ -23,10 +23,8 @@ from typing import Final, Generic, TypeVar
 
 import structlog
 
-from gateway.config import SpoolConfig
-from gateway.metrics import Metrics
-from gateway.record import new_id
-from gateway.segment import (
+from core.ids import new_id
+from core.segment import (
     HEADER,
     MAGIC,
     OPEN_SUFFIX,
@@ -36,6 +34,8 @@ from gateway.segment import (
     recover_orphans,
     spool_bytes,
 )
+from core.settings import SpoolConfig
+from gateway.metrics import Metrics
 
 _MAX_BATCH: Final = 1024  # records per write; bounds how far a batch overshoots a segment
 _RESCAN_S: Final = 1.0  # the sidecar deletes segments: re-measure the directory this often

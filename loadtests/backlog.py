@@ -19,9 +19,9 @@ from typing import Final
 
 from exchange_records import records
 
-from gateway.config import SpoolConfig
+from core.segment import iter_records, sealed_segments
+from core.settings import SpoolConfig
 from gateway.metrics import Metrics
-from gateway.segment import iter_records, sealed_segments
 from gateway.spool import SpoolWriter
 
 _WINDOW: Final = 4096  # records submitted before waiting for the writer to catch up

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.segment import MAGIC, scan_segment
+from core.segment import MAGIC, scan_segment
 
 
 def spool_usage(spool: Path) -> dict[str, int]:

@@ -35,9 +35,10 @@ from typing import Any
 import orjson
 from procs import cpu_model
 
+from core.profile import Profile
+from core.text import prompt_text
 from gateway.drift import DriftMonitor, WindowedProfile, out_of_bounds
 from gateway.metrics import Metrics
-from gateway.profile import Profile, prompt_text
 
 SIZES = (("200 B", 200), ("1 KB", 1024), ("8 KB", 8192))
 RATES = (1_000, 3_000)  # requests/s the footer sizes the worker for

@@ -23,8 +23,9 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.record import COLUMNS, SCHEMA_VERSION, new_id, records_to_table
-from gateway.segment import HEADER
+from core.ids import new_id
+from core.record import COLUMNS, SCHEMA_VERSION, records_to_table
+from core.segment import HEADER
 
 TASKS: Final = ("support-chat", "invoice-extract", "ticket-summary")
 RECORD_BYTES: Final = 2_360  # about what a record takes in a segment, header included

@@ -49,8 +49,9 @@ import wrk_runner
 from payloads import MODEL, chat_request
 from report import Scenario
 
+from core.profile import Profile
+from core.text import prompt_text
 from gateway.policy import RolloutPolicy
-from gateway.profile import Profile, prompt_text
 
 _HERE = Path(__file__).resolve().parent
 _PATH = "/v1/chat/completions"

@@ -22,7 +22,7 @@ import procs
 import psutil
 import yaml
 
-from gateway.segment import SEALED_SUFFIX
+from core.segment import SEALED_SUFFIX
 
 _ROOT: Final = Path(__file__).resolve().parent.parent
 SAMPLE_S: Final = 0.05

@@ -33,7 +33,7 @@ from sidecar_report import MIB, Check, Row, Verdict, render, rss_profile, table,
 from sidecar_report import verdicts as judge
 from sidecar_run import ChildRun, leftovers, run_sidecar, sidecar_env, write_config
 
-from sidecar.read import count_exchanges
+from core.read import count_exchanges
 
 _BUCKET = "protege-bench"
 

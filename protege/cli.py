@@ -7,16 +7,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from core.errors import ConfigError
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from core.logs import configure
     from gateway.app import create_app
     from gateway.config import load_settings
     from gateway.heap import settle
-    from gateway.logs import configure
 
     server: dict[str, object] = {}
     if args.host is not None:
@@ -45,7 +45,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
 def _run_sidecar(args: argparse.Namespace) -> int:
     import uvloop
 
-    from gateway.logs import configure
+    from core.logs import configure
     from sidecar.config import load_sidecar_settings
     from sidecar.service import run
 
@@ -67,8 +67,8 @@ def _run_up(args: argparse.Namespace) -> int:
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
+    from core.read import count_exchanges
     from sidecar.config import load_sidecar_settings
-    from sidecar.read import count_exchanges
     from sidecar.reconcile import Reconciliation, fetch_gateway_counts, spooled_records
 
     settings = load_sidecar_settings(args.config, **({"store": args.store} if args.store else {}))

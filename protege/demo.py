@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import yaml
 
+from core.keys import ADAPTERS
 from protege import demo_summary as summarize
 from protege.demo_cli import STAGES
 from protege.demo_procs import Children, DemoError, NotPublished, child_env, free_port
@@ -194,7 +195,7 @@ class Demo:
             route["teacher_model"] = self.opts.teacher_model
         route["rollout"] = {"mode": "teacher", "checks": {"json_object": True}}
         prefix = (
-            f"{self.store}/adapters/"
+            f"{self.store}/{ADAPTERS}/"
             if self.opts.student_url and self.store.startswith("s3://")
             else ""
         )
@@ -239,7 +240,7 @@ class Demo:
         return batch
 
     def _wait_shipped(self, expected: int) -> None:
-        from sidecar.read import count_exchanges
+        from core.read import count_exchanges
 
         deadline = time.monotonic() + SHIPPED_S
         stored = 0
@@ -357,7 +358,7 @@ class Demo:
             self.opts.say(f"protege demo: the gateway and sidecar exited with {code}")
 
     def _summary(self) -> dict[str, Any]:
-        from sidecar.read import read_exchanges
+        from core.read import read_exchanges
 
         columns = ["request_id", "ts", "backend", "route", "shadow_of", "status", "latency_ms",
                    "request", "response", "detail"]  # fmt: skip

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8070)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="hold every answer back")
     args = parser.parse_args(argv)
-    from gateway.logs import configure
+    from core.logs import configure
 
     configure("info")
     log.info(

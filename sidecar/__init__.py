@@ -1,6 +1,10 @@
-"""The sidecar: ships sealed spool segments to the store as Parquet, and reads them back."""
+"""The sidecar: ships sealed spool segments to the store as Parquet, compacts closed partitions
+and reconciles what a crash left behind. It runs as ``protege sidecar`` (``sidecar.service.run``).
 
-from sidecar.read import count_exchanges, iter_exchanges, read_exchanges
-from sidecar.store import Store, open_store
+The formats it reads and writes (spool segments, the record schema, store keys) are ``core``'s.
+"""
 
-__all__ = ["Store", "count_exchanges", "iter_exchanges", "open_store", "read_exchanges"]
+from sidecar.config import SidecarSettings, load_sidecar_settings
+from sidecar.service import run
+
+__all__ = ["SidecarSettings", "load_sidecar_settings", "run"]

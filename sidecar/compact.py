@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
-from gateway.record import SCHEMA
-from sidecar.errors import StoreNotFound
-from sidecar.layout import EXCHANGES, Partition, parse_part_key, part_key
+from core.errors import StoreNotFound
+from core.keys import EXCHANGES, Partition, parse_part_key, part_key
+from core.read import drop_seen
+from core.record import SCHEMA
+from core.store import Store, StoredObject
 from sidecar.parts import ROWS_PER_BATCH, parquet_writer
-from sidecar.read import drop_seen
-from sidecar.store import Store, StoredObject
 
 log = structlog.get_logger("sidecar")
 

@@ -11,16 +11,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.config import LoggingConfig, SpoolConfig, StoreUri, gather, validate
+from core.settings import (
+    DEFAULT_STORE,
+    LoggingConfig,
+    Model,
+    SpoolConfig,
+    StoreUri,
+    gather,
+    validate,
+)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CompactionConfig(_Model):
+class CompactionConfig(Model):
     enabled: bool = True
     # How often to look for closed partitions with several parts.
     interval_s: float = Field(default=600.0, gt=0)
@@ -28,7 +32,7 @@ class CompactionConfig(_Model):
     grace_s: float = Field(default=3600.0, ge=0)
 
 
-class SidecarConfig(_Model):
+class SidecarConfig(Model):
     """The ``sidecar`` section."""
 
     # Seconds between looks at the spool for newly sealed segments.
@@ -46,9 +50,9 @@ class SidecarConfig(_Model):
     compaction: CompactionConfig = CompactionConfig()
 
 
-class SidecarSettings(_Model):
+class SidecarSettings(Model):
     spool: SpoolConfig = SpoolConfig()
-    store: StoreUri = "file://.protege/store"
+    store: StoreUri = DEFAULT_STORE
     logging: LoggingConfig = LoggingConfig()
     sidecar: SidecarConfig = SidecarConfig()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gateway.metrics import recovery_counters
+from core.segment import recovery_counters
 
 
 class SidecarMetrics:

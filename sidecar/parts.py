@@ -17,10 +17,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gateway.errors import CorruptSegment
-from gateway.record import SCHEMA, records_to_table
-from gateway.segment import iter_records
-from sidecar.layout import Partition, part_key, partition_of
+from core.errors import CorruptSegment
+from core.keys import Partition, part_key, partition_of
+from core.record import SCHEMA, records_to_table
+from core.segment import iter_records
 
 COMPRESSION: Final = "zstd"
 ROWS_PER_BATCH: Final = 2048  # rows buffered per partition before they become a row group

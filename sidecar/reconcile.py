@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.segment import scan_segment, sealed_segments
+from core.segment import scan_segment, sealed_segments
 
 
 @dataclass(frozen=True)

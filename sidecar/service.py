@@ -18,11 +18,11 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.errors import StoreError
+from core.store import open_store
 from sidecar.config import SidecarSettings
-from sidecar.errors import StoreError
 from sidecar.metrics import SidecarMetrics
 from sidecar.ship import Backoff, GaveUp, Shipper
-from sidecar.store import open_store
 
 log = structlog.get_logger("sidecar")
 

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import structlog
 
-from gateway.errors import CorruptSegment
-from gateway.record import id_time_ms
-from gateway.segment import OPEN_SUFFIX, fsync_dir, recover_orphans, sealed_segments
-from sidecar.errors import StoreError
+from core.errors import CorruptSegment, StoreError
+from core.ids import id_time_ms
+from core.segment import OPEN_SUFFIX, fsync_dir, recover_orphans, sealed_segments
+from core.store import Store
 from sidecar.metrics import SidecarMetrics
 from sidecar.parts import Part, segment_to_parts
-from sidecar.store import Store
 
 log = structlog.get_logger("sidecar")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.segment import iter_records, sealed_segments
+from core.segment import iter_records, sealed_segments
 
 
 def spooled_records(spool_dir: Path) -> list[dict[str, Any]]:

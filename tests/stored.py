@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.record import SCHEMA_VERSION, records_to_table
-from sidecar.layout import part_key, partition_of
+from core.keys import part_key, partition_of
+from core.record import SCHEMA_VERSION, records_to_table
+from core.store import Store
 from sidecar.parts import parquet_writer
-from sidecar.store import Store
 from tests.s3_server import S3Server
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

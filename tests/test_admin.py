@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from sidecar.errors import StoreError
+from core.errors import StoreError
 from tests.conftest import RunningGateway
 from tests.fake_lorax import FakeLorax
 from tests.test_rollout_modes import ADAPTER, ask, publish

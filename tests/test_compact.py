@@ -11,6 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from structlog.testing import capture_logs
 
+from core.errors import StoreError, StoreNotFound
+from core.keys import Partition, parse_part_key
+from core.read import count_exchanges, read_exchanges
+from core.store import Store, StoredObject, open_store
 from sidecar.compact import (
     CompactionReport,
     compact,
@@ -18,10 +22,6 @@ from sidecar.compact import (
     merged_name,
     plan_groups,
 )
-from sidecar.errors import StoreError, StoreNotFound
-from sidecar.layout import Partition, parse_part_key
-from sidecar.read import count_exchanges, read_exchanges
-from sidecar.store import Store, StoredObject, open_store
 from tests.stored import at, put_part, record, s3_server, store_uri
 
 __all__ = ["s3_server", "store_uri"]  # the shared store fixtures, used by this module

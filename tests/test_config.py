@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from gateway.config import load_settings
-from gateway.errors import ConfigError
 
 STUDENT = {"base_url": "http://lorax:8080/v1"}
 

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sidecar.errors import StoreNotFound
-from sidecar.layout import partition_of
-from sidecar.store import Store, open_store
+from core.errors import StoreNotFound
+from core.keys import frozen_prefix, partition_of, snapshot_prefix
+from core.store import Store, open_store
 from tests.stored import at, put_part, record, s3_server, store_uri
 from trainer.dataset import DatasetCard, build_snapshot, build_snapshot_sync, load_snapshot
-from trainer.examples import SPLITS, TEST_SPLITS, frozen_prefix, snapshot_prefix
+from trainer.examples import SPLITS, TEST_SPLITS
 from trainer.settings import CurationConfig, LabelRule
 
 __all__ = ["s3_server", "store_uri"]  # the shared store fixtures, used by this module

@@ -10,11 +10,11 @@ from typing import Any
 import psutil
 import pytest
 
+from core.read import read_exchanges
 from protege.cli import main
 from protege.demo import Demo, DemoOptions, plan
 from protege.demo_cli import STAGES
 from protege.demo_procs import DemoError, NotPublished
-from sidecar.read import read_exchanges
 from trainer import synthetic
 from trainer.tiny import save_tiny
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from core.profile import CHARSETS, FEATURES, Profile, drift
 from gateway.drift import (
     DriftMonitor,
     WindowedProfile,
@@ -19,7 +20,6 @@ from gateway.drift import (
     reference_of,
 )
 from gateway.metrics import Metrics
-from gateway.profile import CHARSETS, FEATURES, Profile, drift
 
 _VERBS = ("reset", "change", "cancel", "update", "check", "track", "refund", "return")
 _NOUNS = ("password", "order", "subscription", "address", "parcel", "invoice", "account")

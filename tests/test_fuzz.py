@@ -24,7 +24,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.record import records_to_table
+from core.record import records_to_table
 from tests.conftest import RunningGateway
 from tests.fake_teacher import FakeTeacher, stream_events
 from tests.spooled import spooled_records

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from core.segment import recover_orphans
 from gateway.metrics import Metrics
-from gateway.segment import recover_orphans
 from tests.fake_teacher import FakeTeacher, wait_for
 from tests.spooled import spooled_records
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.record import new_id
-from sidecar.store import open_store
+from core.ids import new_id
+from core.store import open_store
 from tests.stored import at, put_part, record
 from trainer import synthetic
 from trainer.config import TrainConfig

@@ -7,13 +7,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from core.store import FileStore
 from gateway.agreement import Agreement
 from gateway.background import Background
 from gateway.metrics import Metrics
 from gateway.monitor import MAX_FIELDS, Monitor
 from gateway.policy import RolloutPolicy
 from gateway.rollouts import Rollouts
-from sidecar.store import FileStore
 
 GUARDS = {"min_samples": 4, "max_error_rate": 0.25, "min_agreement": 0.8}
 AGREE = Agreement(1.0, 1.0, 1.0, None, None)

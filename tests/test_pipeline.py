@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from core.read import count_exchanges, read_exchanges
 from protege.cli import main
-from sidecar.read import count_exchanges, read_exchanges
 from sidecar.service import run
 from tests.fake_teacher import FakeTeacher, wait_for
 from tests.s3_server import free_port

@@ -6,17 +6,19 @@ import math
 
 import pytest
 
-from gateway.profile import Profile, drift, js_divergence, prompt_text, psi
+from core.profile import Profile, drift, js_divergence, psi
+from core.text import prompt_text
 
 
 def test_prompt_text_skips_system_and_keeps_text_parts() -> None:
-    """Only non-system message text is profiled, content parts included."""
+    """Only what the user said is profiled (no system or developer turn), text parts included."""
     messages = [
         {"role": "system", "content": "You are terse."},
+        {"role": "developer", "content": "Answer in JSON."},
         {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "image_url"}]},
         {"role": "user", "content": "world"},
     ]
-    assert prompt_text(messages) == "hello\n\nworld"
+    assert prompt_text(messages) == "hello\nworld"
 
 
 def test_same_distribution_does_not_drift() -> None:

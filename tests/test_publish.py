@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.profile import Profile
-from sidecar.errors import StoreNotFound
+from core.errors import StoreNotFound
+from core.profile import Profile
 from trainer.examples import Example
 from trainer.publish import (
     download_adapter,

@@ -12,18 +12,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import sidecar.read
-from gateway.record import SCHEMA
-from sidecar.errors import StoreError
-from sidecar.layout import parse_part_key
-from sidecar.read import (
-    count_exchanges,
-    filesystem_for,
-    iter_exchanges,
-    read_exchanges,
-    s3_options,
-)
-from sidecar.store import Store, open_store
+import core.read
+from core.errors import StoreError
+from core.keys import parse_part_key
+from core.read import count_exchanges, iter_exchanges, read_exchanges
+from core.record import SCHEMA
+from core.store import Store, open_store
 from tests.stored import at, put_part, record, s3_server, store_uri
 
 __all__ = ["s3_server", "store_uri"]  # the shared store fixtures, used by this module
@@ -203,39 +197,8 @@ async def test_parts_replaced_after_listing_lose_nothing(
             fs.delete_file(dataset.files[1])
         return dataset
 
-    open_dataset = sidecar.read._open_dataset
-    monkeypatch.setattr(sidecar.read, "_open_dataset", open_then_compact)
+    open_dataset = core.read._open_dataset
+    monkeypatch.setattr(core.read, "_open_dataset", open_then_compact)
     seen = [r for b in iter_exchanges(store.uri, batch_rows=2) for r in b["request_id"].to_pylist()]
     assert sorted(seen) == sorted(f"r{p}-{i}" for p in range(4) for i in range(3))
     assert len(listings) == 2 and len(listings[1]) == 4
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, {"region": "us-east-1"}),
-        ({"AWS_DEFAULT_REGION": "eu-west-1"}, {"region": "eu-west-1"}),
-        ({"AWS_REGION": "eu-north-1", "AWS_DEFAULT_REGION": "x"}, {"region": "eu-north-1"}),
-        (
-            {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"},
-            {"scheme": "http", "endpoint_override": "127.0.0.1:9000"},
-        ),
-        (
-            {"AWS_ENDPOINT_URL": "http://other:1", "AWS_ENDPOINT_URL_S3": "https://s3.example"},
-            {"scheme": "https", "endpoint_override": "s3.example"},
-        ),
-    ],
-)
-def test_s3_options_from_aws_environment(env: dict[str, str], expected: dict[str, str]) -> None:
-    """Region and endpoint come from the standard AWS variables, S3-specific endpoint first."""
-    options = s3_options(env)
-    assert {k: options[k] for k in expected} == expected
-    if "AWS_ENDPOINT_URL" not in env:
-        assert "endpoint_override" not in options
-
-
-def test_filesystem_roots(tmp_path: Path) -> None:
-    """A store URI maps to the dataset root: the directory, or ``bucket/prefix``."""
-    assert filesystem_for(f"file://{tmp_path}")[1] == str(tmp_path)
-    assert filesystem_for("s3://bkt/a/b/", {})[1] == "bkt/a/b"
-    assert filesystem_for("s3://bkt", {})[1] == "bkt"

@@ -9,18 +9,12 @@ import time
 import orjson
 import pyarrow as pa
 
+from core.ids import new_id
+from core.record import COLUMNS, SCHEMA, SCHEMA_VERSION, missing_columns, records_to_table
+from core.redact import Redactor
+from core.settings import RedactionConfig
 from gateway.capture import Exchange, RecordEncoder, hash_id
-from gateway.config import RedactionConfig
 from gateway.metrics import Metrics
-from gateway.record import (
-    COLUMNS,
-    SCHEMA,
-    SCHEMA_VERSION,
-    missing_columns,
-    new_id,
-    records_to_table,
-)
-from gateway.redact import Redactor
 from tests.fake_teacher import completion, stream_events
 
 REQ = {"model": "m", "messages": [{"role": "user", "content": "mail me at a@b.io"}], "user": "u1"}

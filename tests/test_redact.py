@@ -5,9 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.config import RedactionConfig, RedactionRule, load_settings
-from gateway.errors import ConfigError
-from gateway.redact import Redactor, luhn_valid
+from core.errors import ConfigError
+from core.redact import Redactor, luhn_valid
+from core.settings import RedactionConfig, RedactionRule
+from gateway.config import load_settings
 
 DEFAULT = Redactor.from_config(RedactionConfig())
 

@@ -12,7 +12,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.profile import Profile
+from core.profile import Profile
 from tests.conftest import RunningGateway
 from tests.fake_lorax import FakeLorax
 from tests.fake_teacher import FakeTeacher

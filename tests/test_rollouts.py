@@ -9,11 +9,11 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from core.errors import StoreError
+from core.store import FileStore, StoredObject
 from gateway.metrics import Metrics
 from gateway.policy import RolloutPolicy
 from gateway.rollouts import KEY, Active, Doc, Rollouts
-from sidecar.errors import StoreError
-from sidecar.store import FileStore, StoredObject
 
 CANARY = RolloutPolicy(mode="canary", percent=10, adapter="tickets/v3")
 SHADOW = RolloutPolicy(mode="shadow", adapter="tickets/v3")

@@ -18,11 +18,11 @@ import httpx
 import orjson
 import pytest
 
-from gateway.record import COLUMNS
-from gateway.segment import HEADER, MAGIC, sealed_segments
+from core.read import count_exchanges, read_exchanges
+from core.record import COLUMNS
+from core.segment import HEADER, MAGIC, sealed_segments
 from sidecar.config import SidecarSettings, load_sidecar_settings
 from sidecar.metrics import SidecarMetrics
-from sidecar.read import count_exchanges, read_exchanges
 from sidecar.service import run
 from tests.conftest import RunningGateway
 from tests.fake_teacher import wait_for
@@ -90,7 +90,7 @@ def test_round_trip_every_record_intact(
 
 def make_segments(spool: Path, count: int, per_segment: int) -> set[str]:
     """Sealed segments full of valid records, written the way the gateway writes them."""
-    from gateway.config import SpoolConfig
+    from core.settings import SpoolConfig
     from gateway.metrics import Metrics
     from gateway.spool import SpoolWriter
 
@@ -112,7 +112,7 @@ def make_segments(spool: Path, count: int, per_segment: int) -> set[str]:
 
 
 def synthetic_record(i: int) -> dict[str, Any]:
-    from gateway.record import new_id
+    from core.ids import new_id
 
     return {
         "request_id": new_id(), "schema_version": 1, "ts": 1_790_000_000_000_000 + i * 1000,

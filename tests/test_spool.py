@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.config import SpoolConfig
-from gateway.errors import CorruptSegment
-from gateway.metrics import Metrics
-from gateway.segment import (
+from core.errors import CorruptSegment
+from core.segment import (
     HEADER,
     MAGIC,
     OPEN_SUFFIX,
@@ -29,6 +27,8 @@ from gateway.segment import (
     scan_segment,
     sealed_segments,
 )
+from core.settings import SpoolConfig
+from gateway.metrics import Metrics
 from gateway.spool import SpoolWriter
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import StoreError, StoreNotFound
-from sidecar.store import FileStore, Store, open_store
+from core.errors import StoreError, StoreNotFound
+from core.store import FileStore, Store, open_store
 from tests.s3_server import S3Server, aws_env
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.errors import ConfigError
+from core.errors import ConfigError
 from trainer.config import TrainConfig
 
 

@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar
 
 import torch
 
+from core.text import content_text
 from trainer.config import TrainConfig
 from trainer.examples import Example
 
@@ -93,13 +94,10 @@ class Batch:
 
 
 def chat_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """Messages a chat template can render: role and text content (text parts joined)."""
+    """Messages a chat template can render: role and text content (``core.text``)."""
     out = []
     for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": str(message["role"]), "content": "" if content is None else content})
+        out.append({"role": str(message["role"]), "content": content_text(message.get("content"))})
     return out
 
 

@@ -101,7 +101,7 @@ def train_config(path: Path | None, overrides: list[str]) -> Any:
     (values read as YAML scalars: ``epochs=2``, ``bf16=true``, ``lora_r=8``)."""
     import yaml
 
-    from gateway.errors import ConfigError
+    from core.errors import ConfigError
     from trainer.config import TrainConfig
 
     fields: dict[str, Any] = {}

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
-from gateway.errors import ConfigError
+from core.errors import ConfigError
 
 # The linear layers of a Llama-style block: attention, then MLP.
 LLAMA_LINEAR_MODULES: Final = (

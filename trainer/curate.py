@@ -41,8 +41,9 @@ from typing import Any, Final, NamedTuple
 import orjson
 import re2
 
-from gateway.redact import Redactor
-from trainer.dedup import content_text, deduplicate
+from core.redact import Redactor
+from core.text import content_text
+from trainer.dedup import deduplicate
 from trainer.examples import Example
 from trainer.labels import extract_label
 from trainer.settings import CurationConfig

@@ -31,9 +31,19 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sidecar.errors import StoreNotFound
-from sidecar.read import iter_exchanges
-from sidecar.store import Store, open_store
+from core.errors import StoreNotFound
+from core.keys import (
+    CARD,
+    CARD_MD,
+    TESTS_MANIFEST,
+    dataset_prefix,
+    frozen_prefix,
+    snapshot_names,
+    snapshot_prefix,
+    split_key,
+)
+from core.read import iter_exchanges
+from core.store import Store, open_store
 from trainer.curate import FrozenTests, Rules, curate_splits
 from trainer.examples import (
     SPLITS,
@@ -41,13 +51,10 @@ from trainer.examples import (
     Example,
     examples_from_table,
     examples_to_table,
-    frozen_prefix,
     snapshot_id,
-    snapshot_prefix,
 )
 from trainer.settings import CurationConfig
 
-MANIFEST: Final = "manifest.json"
 _COLUMNS: Final = (
     "request_id", "ts", "endpoint", "backend", "complete", "status", "request", "response",
     "client", "user",
@@ -279,14 +286,14 @@ async def _load_frozen(store: Store, task: str, workdir: Path) -> _Frozen | None
     """The task's frozen test sets, downloaded; None before any were made."""
     prefix = frozen_prefix(task)
     try:
-        manifest = orjson.loads(await store.get(prefix + MANIFEST))
+        manifest = orjson.loads(await store.get(prefix + TESTS_MANIFEST))
     except StoreNotFound:
         return None
     files: dict[str, Path] = {}
     splits: dict[str, list[Example]] = {}
     for split in TEST_SPLITS:
         files[split] = workdir / f"frozen-{split}.parquet"
-        await store.get_file(f"{prefix}{split}.parquet", files[split])
+        await store.get_file(split_key(prefix, split), files[split])
         table = await asyncio.to_thread(pq.read_table, files[split])
         splits[split] = examples_from_table(table)
     tests = FrozenTests(splits, frozenset(manifest["groups"]))
@@ -301,7 +308,7 @@ async def _freeze(
         return None
     prefix = frozen_prefix(build.task)
     for split in TEST_SPLITS:
-        await store.put_file(f"{prefix}{split}.parquet", files[split])
+        await store.put_file(split_key(prefix, split), files[split])
     manifest = {
         "task": build.task,
         "snapshot": build.snapshot,
@@ -309,7 +316,7 @@ async def _freeze(
         "examples": {split: len(splits[split]) for split in TEST_SPLITS},
         "groups": sorted({e.group for split in TEST_SPLITS for e in splits[split]}),
     }
-    await store.put(prefix + MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    await store.put(prefix + TESTS_MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return build.snapshot
 
 
@@ -331,9 +338,9 @@ async def _put_snapshot(
     """Upload the split files, then the card (its presence marks the snapshot complete)."""
     prefix = snapshot_prefix(build.task, build.snapshot)
     for split in SPLITS:
-        await store.put_file(f"{prefix}{split}.parquet", files[split])
-    await store.put(prefix + "card.md", card.to_markdown().encode())
-    await store.put(prefix + "card.json", card.to_json())
+        await store.put_file(split_key(prefix, split), files[split])
+    await store.put(prefix + CARD_MD, card.to_markdown().encode())
+    await store.put(prefix + CARD, card.to_json())
 
 
 async def load_snapshot(
@@ -344,24 +351,20 @@ async def load_snapshot(
         if snapshot is None:
             snapshot = await latest_snapshot(store, task)
         prefix = snapshot_prefix(task, snapshot)
-        card = DatasetCard.from_json(await store.get(prefix + "card.json"))
+        card = DatasetCard.from_json(await store.get(prefix + CARD))
         splits: dict[str, list[Example]] = {}
         with tempfile.TemporaryDirectory(prefix="protege-dataset-") as tmp:
             for split in SPLITS:
                 path = Path(tmp) / f"{split}.parquet"
-                await store.get_file(f"{prefix}{split}.parquet", path)
+                await store.get_file(split_key(prefix, split), path)
                 splits[split] = examples_from_table(await asyncio.to_thread(pq.read_table, path))
     return snapshot, splits, card
 
 
 async def latest_snapshot(store: Store, task: str) -> str:
     """The newest complete snapshot of ``task`` (ids sort by time)."""
-    base = f"datasets/{task}/"
-    names = [
-        o.key[len(base) :].split("/")[0]
-        for o in await store.list_objects(base)
-        if o.key.endswith("/card.json") and o.key.count("/") == base.count("/") + 1
-    ]
+    objects = await store.list_objects(dataset_prefix(task))
+    names = snapshot_names(task, (o.key for o in objects))
     if not names:
         raise StoreNotFound(f"{store.uri}: no dataset snapshot of task {task!r}")
     return max(names)

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from core.text import content_text, messages_text, prompt_text
 from trainer.examples import Example
 
 DUPLICATE: Final = "duplicate"
@@ -36,16 +37,6 @@ TEST_OVERLAP: Final = "test_overlap"
 _BITS: Final = 64
 _WORD: Final = re.compile(r"\w+")
 _ONE_PER_WORD: Final = b"\x01" + b"\x00" * 7  # the lowest bit of a little-endian 64-bit word
-
-
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = (p.get("text") for p in content if isinstance(p, dict))
-        return "\n".join(t for t in texts if isinstance(t, str))
-    return ""
 
 
 def normalize(text: str) -> str:
@@ -64,8 +55,7 @@ def prompt_key(example: Example) -> str:
 
 def near_text(example: Example) -> str:
     """The text a near-duplicate fingerprint covers: the non-system turns (all if none)."""
-    turns = [m for m in example.messages if m.get("role") not in ("system", "developer")]
-    return " ".join(content_text(m.get("content")) for m in turns or example.messages)
+    return prompt_text(example.messages) or messages_text(example.messages)
 
 
 def simhash(text: str) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 import pyarrow as pa
 
-from gateway.record import new_id
+from core.ids import new_id
 
 SPLITS: Final = ("train", "test-indist", "test-balanced")
 TEST_SPLITS: Final = ("test-indist", "test-balanced")
@@ -100,11 +100,3 @@ def snapshot_id(now: datetime | None = None) -> str:
     """A new snapshot name: sortable by time, unique, never a prefix of another."""
     moment = now or datetime.now(UTC)
     return f"{moment:%Y%m%dT%H%M%SZ}-{new_id()[-8:].lower()}"
-
-
-def snapshot_prefix(task: str, snapshot: str) -> str:
-    return f"datasets/{task}/{snapshot}/"
-
-
-def frozen_prefix(task: str) -> str:
-    return f"datasets/{task}/tests/"

@@ -21,7 +21,7 @@ from typing import Any
 
 import re2
 
-from gateway.answers import parse_json_answer
+from core.answers import parse_json_answer
 from trainer.settings import LabelRule
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from gateway.answers import (
+from core.answers import (
     NOT_JSON,
     conforms,
     normalize_answer,
@@ -30,7 +30,7 @@ from gateway.answers import (
     same_field,
     wants_json,
 )
-from gateway.answers import parse_json_answer as parse_json_answer  # kept importable from here
+from core.answers import parse_json_answer as parse_json_answer
 from trainer.examples import Example
 from trainer.labels import extract_label
 from trainer.settings import LabelRule

@@ -22,24 +22,20 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.profile import Profile, prompt_text
-from gateway.record import new_id
-from sidecar.errors import StoreNotFound
-from sidecar.store import open_store
+from core.errors import StoreNotFound
+from core.ids import new_id
+from core.keys import ADAPTER_FILES, MANIFEST, adapter_ids, adapter_prefix, adapters_prefix
+from core.profile import Profile
+from core.store import open_store
+from core.text import prompt_text
 from trainer.examples import Example
 
-ADAPTER_FILES: Final = ("adapter_config.json", "adapter_model.safetensors")
-MANIFEST: Final = "protege.json"
 MANIFEST_VERSION: Final = 1
 
 
 def new_version(now: datetime | None = None) -> str:
     moment = now or datetime.now(UTC)
     return f"v{moment:%Y%m%d%H%M%S}-{new_id()[-6:].lower()}"
-
-
-def adapter_prefix(task: str, version: str) -> str:
-    return f"adapters/{task}/{version}/"
 
 
 def reference_profile(examples: Iterable[Example]) -> dict[str, Any]:
@@ -84,8 +80,8 @@ async def publish(
 async def list_versions(store_uri: str, task: str) -> list[str]:
     """Complete versions of ``task``'s adapter (those with a manifest), oldest first."""
     async with open_store(store_uri) as store:
-        objects = await store.list_objects(f"adapters/{task}/")
-    return sorted(o.key.split("/")[2] for o in objects if o.key.endswith("/" + MANIFEST))
+        objects = await store.list_objects(adapters_prefix(task))
+    return sorted(i.split("/")[1] for i in adapter_ids(o.key for o in objects))
 
 
 async def read_manifest(store_uri: str, task: str, version: str) -> dict[str, Any]:

@@ -25,9 +25,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from gateway.config import StoreUri, gather, validate
+from core.settings import DEFAULT_STORE, Model, StoreUri, gather, validate
 
 DEFAULT_REFUSALS = (
     "I can't help with",
@@ -40,11 +40,7 @@ DEFAULT_REFUSALS = (
 )
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LabelRule(_Model):
+class LabelRule(Model):
     """Where a classification label is read from the teacher's answer."""
 
     # A simple JSON path into the answer parsed as JSON: $.field or $.a.b
@@ -59,7 +55,7 @@ class LabelRule(_Model):
         return self
 
 
-class CurationConfig(_Model):
+class CurationConfig(Model):
     label: LabelRule | None = None
     classes: tuple[str, ...] = ()
     balance: bool = False
@@ -77,17 +73,17 @@ class CurationConfig(_Model):
     corrections: str | None = None
 
 
-class TrainerConfig(_Model):
+class TrainerConfig(Model):
     """The ``trainer`` section."""
 
-    tasks: dict[str, CurationConfig] = {}
+    tasks: dict[str, CurationConfig] = Field(default_factory=dict)
 
     def curation(self, task: str) -> CurationConfig:
         return self.tasks.get(task, CurationConfig())
 
 
-class TrainerSettings(_Model):
-    store: StoreUri = "file://.protege/store"
+class TrainerSettings(Model):
+    store: StoreUri = DEFAULT_STORE
     trainer: TrainerConfig = TrainerConfig()
 
 

@@ -20,7 +20,7 @@ from scenario import Context, Scenario, judge, wind_down, world
 from traffic import Traffic
 from verdict import Result
 
-from gateway.segment import HEADER, OPEN_SUFFIX, sealed_segments
+from core.segment import HEADER, OPEN_SUFFIX, sealed_segments
 
 NAME = "damaged-segments"
 

@@ -21,9 +21,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from traffic import Outcome
 
-from gateway.segment import HEADER, MAGIC
-from sidecar.layout import EXCHANGES
-from sidecar.read import PARTITIONING, filesystem_for
+from core.keys import EXCHANGES
+from core.read import PARTITIONING, filesystem_for
+from core.segment import HEADER, MAGIC
 
 COLUMNS = ("request_id", "status", "complete", "shadow_of", "route", "backend", "error", "request")
 

@@ -21,7 +21,7 @@ from services import Workspace
 from traffic import Traffic
 from verdict import Result
 
-from gateway.segment import spool_bytes
+from core.segment import spool_bytes
 
 CAP = 1024 * 1024
 FULL_S = 6.0

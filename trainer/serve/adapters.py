@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -30,16 +29,15 @@ from typing import Any, Final
 
 import structlog
 
-from sidecar.errors import StoreError, StoreNotFound
-from sidecar.store import open_store
-from trainer.publish import MANIFEST, download_adapter
+from core.errors import StoreError, StoreNotFound
+from core.keys import ADAPTER_ID, ADAPTERS, MANIFEST, adapter_ids
+from core.store import open_store
+from trainer.publish import download_adapter
 from trainer.serve.errors import AdapterUnavailable
 
 log = structlog.get_logger("student")
 
 PLACEHOLDER: Final = "protege-base"
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
-ADAPTER_ID: Final = re.compile(rf"^({_NAME})/({_NAME})$")
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class LocalAdapter:
 
 def parse_adapter_id(raw: str, store_uri: str) -> tuple[str, str]:
     """The (task, version) ``raw`` names; ``AdapterUnavailable`` when it names none."""
-    prefix = store_uri.rstrip("/") + "/adapters/"
+    prefix = f"{store_uri.rstrip('/')}/{ADAPTERS}/"
     name = raw[len(prefix) :].rstrip("/") if raw.startswith(prefix) else raw
     match = ADAPTER_ID.match(name)
     if match is None:
@@ -61,9 +59,8 @@ def parse_adapter_id(raw: str, store_uri: str) -> tuple[str, str]:
 async def published(store_uri: str) -> list[str]:
     """Every complete published adapter in the store, as ``<task>/<version>``."""
     async with open_store(store_uri) as store:
-        objects = await store.list_objects("adapters/")
-    ids = (o.key.split("/") for o in objects if o.key.endswith("/" + MANIFEST))
-    return sorted(f"{parts[1]}/{parts[2]}" for parts in ids if len(parts) == 4)
+        objects = await store.list_objects(f"{ADAPTERS}/")
+    return adapter_ids(o.key for o in objects)
 
 
 class AdapterFetcher:

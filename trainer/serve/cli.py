@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.logs import configure
+    from core.logs import configure
     from trainer.serve.app import create_app
     from trainer.serve.settings import load_student_settings
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from gateway.errors import ProtegeError
+from core.errors import ProtegeError
 
 
 class StudentError(ProtegeError):

@@ -7,16 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.config import StoreUri, validate
-
-DEFAULT_STORE = "file://.protege/store"
+from core.settings import DEFAULT_STORE, Model, StoreUri, validate
 
 
-class StudentSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class StudentSettings(Model):
     # The base model: "smollm2", a Hugging Face model directory or a .gguf file.
     base_model: str = Field(default="smollm2", min_length=1)
     # Where published adapters are: <store>/adapters/<task>/<version>/.

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 import torch
 
-from sidecar.errors import StoreError
+from core.errors import StoreError
 from trainer.batches import end_of_turn_ids, prompt_ids
 from trainer.model import load_base, resolve_base
 from trainer.serve.adapters import AdapterFetcher, AdapterSlots, published, with_placeholder

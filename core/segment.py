@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import IO, Final, Protocol
 
 import structlog
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
-from gateway.errors import CorruptSegment
+from core.errors import CorruptSegment
 
 MAGIC: Final = b"PRTGSPL1"
 HEADER: Final = struct.Struct("<II")  # payload length, zlib.crc32 of the payload
@@ -227,3 +227,18 @@ def _recover(path: Path, fd: int, metrics: SealCounters) -> int:
         log.info("spool_orphan_sealed", path=str(path), records=scan.records)
     fsync_dir(path.parent)
     return 1
+
+
+def recovery_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """(torn records, sealed segments): kept by every process that writes or recovers spool."""
+    torn = Counter(
+        "protege_spool_torn_records",
+        "Torn records cut from the tail of a segment left open by a crashed writer.",
+        registry=registry,
+    )
+    sealed = Counter(
+        "protege_spool_segments_sealed",
+        "Spool segments sealed and handed to the sidecar.",
+        registry=registry,
+    )
+    return torn, sealed

@@ -15,16 +15,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from gateway.record import SCHEMA
-from sidecar.errors import StoreError
-from sidecar.layout import EXCHANGES
+from core.errors import StoreError
+from core.keys import EXCHANGES
+from core.record import SCHEMA
+from core.s3 import S3Settings
 
 PARTITIONING: Final = pa.schema(
     [("task", pa.string()), ("date", pa.string()), ("hour", pa.string())]
@@ -40,30 +41,15 @@ _RESTARTS: Final = 3  # scans restarted after a part vanished under the reader
 def filesystem_for(
     store_uri: str, env: Mapping[str, str] | None = None
 ) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, root path)`` of a ``file://DIR`` or ``s3://bucket/prefix`` store."""
+    """``(filesystem, root path)`` of a ``file://DIR`` or ``s3://bucket/prefix`` store; S3 is
+    configured from ``env`` (default: this process's environment) by ``core.s3``."""
     parsed = urlparse(store_uri)
     if parsed.scheme == "file":
         return pafs.LocalFileSystem(), os.path.abspath(parsed.netloc + parsed.path)
     if parsed.scheme == "s3" and parsed.netloc:
         root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
-        return pafs.S3FileSystem(**s3_options(os.environ if env is None else env)), root
+        return pafs.S3FileSystem(**S3Settings.from_env(env).arrow_options()), root
     raise StoreError(f"store must be file://DIR or s3://bucket/prefix, got {store_uri!r}")
-
-
-def s3_options(env: Mapping[str, str]) -> dict[str, Any]:
-    """``S3FileSystem`` arguments from the standard AWS settings; credentials come from the
-    SDK's default chain (environment, profile, instance role)."""
-    options: dict[str, Any] = {
-        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "connect_timeout": 5.0,
-        "request_timeout": 60.0,
-    }
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options["scheme"] = url.scheme
-        options["endpoint_override"] = url.netloc
-    return options
 
 
 def iter_exchanges(

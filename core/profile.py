@@ -35,22 +35,6 @@ _DIGITS = re.compile(r"\d+")  # numbers are content, not shape: every one hashes
 _EPS = 1e-4  # floor for empty bins, so PSI stays finite
 
 
-def prompt_text(messages: Any) -> str:
-    """The text a profile looks at: every non-system message's content, joined."""
-    if not isinstance(messages, list):
-        return ""
-    parts = []
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") == "system":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):  # content parts: keep the text ones
-            parts += [p.get("text", "") for p in content if isinstance(p, dict)]
-    return "\n".join(parts)
-
-
 _RANGES: Final = (
     (0x00C0, 0x024F),  # Latin extended
     (0x0400, 0x04FF),  # Cyrillic

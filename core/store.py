@@ -1,7 +1,8 @@
 """The store: where Parquet parts and adapters live. ``file://DIR`` or ``s3://bucket/prefix``.
 
-S3 goes through aiobotocore, honouring the standard AWS settings (``AWS_ENDPOINT_URL``,
-credentials, region), so any S3-compatible store works. Local directories get the same
+S3 goes through aiobotocore, configured by ``core.s3`` from the standard AWS settings (endpoint,
+region, credentials, profile) exactly as the reader in ``core.read`` is, so any S3-compatible
+store works. Local directories get the same
 semantics: a ``put`` is atomic (write aside, fsync, rename), so a reader never sees half a part.
 Every failure becomes a ``StoreError`` here and nowhere else.
 """
@@ -23,11 +24,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
-from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sidecar.errors import StoreError, StoreNotFound
+from core.errors import StoreError, StoreNotFound
+from core.s3 import S3Settings
 
 _SINGLE_PUT_MAX = 64 * 1024 * 1024  # larger files go up in multipart
 _PART_SIZE = 16 * 1024 * 1024
@@ -79,13 +80,14 @@ class Store(ABC):
     async def delete(self, keys: Sequence[str]) -> None: ...
 
 
-def open_store(uri: str) -> Store:
-    """The store named by ``uri`` (not yet started)."""
+def open_store(uri: str, s3: S3Settings | None = None) -> Store:
+    """The store named by ``uri`` (not yet started); an S3 store uses ``s3``, by default the
+    settings of this process's environment."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return FileStore(Path(parsed.netloc + parsed.path))
     if parsed.scheme == "s3" and parsed.netloc:
-        return S3Store(parsed.netloc, parsed.path.strip("/"))
+        return S3Store(parsed.netloc, parsed.path.strip("/"), s3 or S3Settings.from_env())
     raise StoreError(f"store must be file://DIR or s3://bucket/prefix, got {uri!r}")
 
 
@@ -184,24 +186,18 @@ def _walk(start: Path) -> Iterator[Path]:
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str) -> None:
+    def __init__(self, bucket: str, prefix: str, settings: S3Settings) -> None:
         self.bucket = bucket
+        self.settings = settings
         self.prefix = f"{prefix}/" if prefix else ""
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
         self._exit: contextlib.AsyncExitStack | None = None
         self._client: Any = None
 
     async def start(self) -> None:
-        config = AioConfig(
-            connect_timeout=5,
-            read_timeout=60,
-            # No retries inside botocore: callers retry with their own backoff, and count it.
-            retries={"max_attempts": 1, "mode": "standard"},
-            max_pool_connections=16,
-        )
         self._exit = contextlib.AsyncExitStack()
         client_cm: AbstractAsyncContextManager[Any] = get_session().create_client(
-            "s3", config=config
+            "s3", **self.settings.client_options()
         )
         self._client = await self._exit.enter_async_context(client_cm)
 

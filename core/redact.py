@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import re2
 
-from gateway.config import RedactionConfig, RedactionRule
+from core.settings import RedactionConfig, RedactionRule
 
 # Characters that make a match part of something longer (a word, an id, a number, a path).
 _WORD_CHARS = r"A-Za-z0-9_.+/-"

@@ -1,0 +1,49 @@
+"""Errors every part of Protégé shares. Each part adds its own below ``ProtegeError``.
+
+    ProtegeError
+    ├── ConfigError             bad settings; start-up fails naming the key
+    ├── SpoolError              the spool directory holds something it should not
+    │   └── CorruptSegment      a sealed segment fails its checks (.path, .offset, .reason)
+    ├── StoreError              a store operation failed; the message names the store and the key
+    │   └── StoreNotFound       the object asked for does not exist
+    ├── ApiError                the gateway's OpenAI-shaped errors (``gateway.errors``)
+    └── StudentError            the student server's LoRAX-shaped errors (``trainer.serve.errors``)
+
+Botocore, aiohttp, pyarrow and OS errors become ``StoreError`` in ``core.store`` and
+``core.read``, nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class ProtegeError(Exception):
+    """Base of every error Protégé raises on purpose."""
+
+
+class ConfigError(ProtegeError):
+    """Settings that cannot be used; the message names the key."""
+
+
+class SpoolError(ProtegeError):
+    """Something in the spool directory cannot be used as it is."""
+
+
+class CorruptSegment(SpoolError):
+    """A segment that should be whole is not: bad magic, a bad record or trailing bytes."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int, reason: str):
+        super().__init__(f"{os.fspath(path)}: {reason} at byte {offset}")
+        self.path = Path(path)
+        self.offset = offset
+        self.reason = reason
+
+
+class StoreError(ProtegeError):
+    """A store operation failed; shipping retries it with backoff, nothing is dropped."""
+
+
+class StoreNotFound(StoreError):
+    """The object does not exist."""
