@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer import metrics
 from trainer.examples import Example
@@ -217,6 +220,82 @@ def test_rouge_l(prediction: str, reference: str, expected: float) -> None:
 def test_rouge_l_caps_the_length() -> None:
     """Only the first max_tokens tokens of each side are compared."""
     assert rouge_l("a b c d", "a b x y", max_tokens=2) == 1.0
+
+
+def reference_lcs(a: list[str], b: list[str]) -> int:
+    """The textbook dynamic programme: ``table[i][j]`` is the LCS length of a[:i] and b[:j]."""
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a, 1):
+        for j, y in enumerate(b, 1):
+            same = x == y
+            table[i][j] = table[i - 1][j - 1] + 1 if same else max(table[i - 1][j], table[i][j - 1])
+    return table[-1][-1]
+
+
+def reference_rouge_l(pred: list[str], ref: list[str], max_tokens: int) -> float:
+    """ROUGE-L F1 of two token lists, case-folded and cut to ``max_tokens`` here."""
+    pred = [t.casefold() for t in pred][:max_tokens]
+    ref = [t.casefold() for t in ref][:max_tokens]
+    if not pred or not ref:
+        return float(pred == ref)
+    common = reference_lcs(pred, ref)
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("a\tb\nc   d", "a b c d", 1.0),  # any run of whitespace separates tokens
+        ("a\u00a0b\u2003c", "a b c", 1.0),  # Unicode whitespace too (str.split)
+        ("STRASSE Straße", "strasse strasse", 1.0),  # case-folded, not only lower-cased
+        ("cat.", "cat", 0.0),  # punctuation belongs to its token
+        ("ab", "ba", 0.0),  # a token is compared whole, never character by character
+        ("ab cd", "a b c d", 0.0),
+        ("a aa a", "aa a", 0.8),  # one- and several-character tokens: LCS "aa a", P 2/3, R 1
+    ],
+)
+def test_rouge_l_tokens(prediction: str, reference: str, expected: float) -> None:
+    """A token is a case-folded run of non-whitespace characters, compared whole."""
+    assert rouge_l(prediction, reference) == pytest.approx(expected)
+
+
+_VOCAB = ["a", "b", "the", "The", "cat", "CAT", "ß", "ss", "x.", "é", "É", "12", "猫"]
+_TOKEN = st.sampled_from(_VOCAB) | st.text(alphabet="abcABé.ß猫", min_size=1, max_size=3)
+_SPACE = st.sampled_from([" ", "  ", "\t", "\n", "\u00a0", " \r\n "])
+
+
+@st.composite
+def _answer(draw: st.DrawFn) -> tuple[list[str], str]:
+    """Tokens, and a text of them joined by random whitespace (maybe around them too)."""
+    tokens = draw(st.lists(_TOKEN, max_size=40))
+    spaces = draw(st.lists(_SPACE, min_size=len(tokens) + 1, max_size=len(tokens) + 1))
+    lead = spaces[0] if draw(st.booleans()) else ""
+    text = lead + "".join(t + s for t, s in zip(tokens, spaces[1:], strict=True))
+    return tokens, text
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(pred=_answer(), ref=_answer(), max_tokens=st.integers(1, 45))
+def test_rouge_l_matches_a_reference_lcs(
+    pred: tuple[list[str], str], ref: tuple[list[str], str], max_tokens: int
+) -> None:
+    """On random answers, ROUGE-L equals the textbook LCS over the tokens they were made of."""
+    expected = reference_rouge_l(pred[0], ref[0], max_tokens)
+    assert rouge_l(pred[1], ref[1], max_tokens=max_tokens) == pytest.approx(expected)
+
+
+def test_rouge_l_matches_a_reference_lcs_on_long_answers() -> None:
+    """Answers longer than ROUGE_MAX_TOKENS (and than a 64-bit word of rapidfuzz's bit-parallel
+    LCS) score as the textbook LCS of their first ROUGE_MAX_TOKENS tokens does."""
+    rng = random.Random(7)
+    for _ in range(3):
+        pred = rng.choices(_VOCAB, k=rng.randint(60, 600))
+        ref = rng.choices(_VOCAB, k=rng.randint(60, 600))
+        expected = reference_rouge_l(pred, ref, metrics.ROUGE_MAX_TOKENS)
+        assert rouge_l(" ".join(pred), " ".join(ref)) == pytest.approx(expected)
 
 
 def test_prompt_preview_is_the_last_user_turn() -> None:

@@ -12,7 +12,7 @@ returns shares in [0, 1]; an empty input scores 0.0. A task is one of three kind
 Exact and normalized match are scored for every kind; JSON validity wherever JSON is expected
 (the reference is JSON or the request asked for it), JSON-schema validity wherever the request
 carried a ``response_format`` schema. Answers are read (JSON, normalized text, schema checks) by
-``gateway.answers``, as the gateway reads them when it checks and scores a student.
+``core.answers``, as the gateway reads them when it checks and scores a student.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
+
+from rapidfuzz.distance import LCSseq
 
 from core.answers import (
     NOT_JSON,
@@ -42,7 +44,7 @@ TEXT: Final = "text"
 OTHER: Final = "(other)"
 # Longest prompt kept in a per-example record.
 PREVIEW_CHARS: Final = 1000
-# ROUGE-L reads at most this many tokens of each side (the LCS table is O(n·m)).
+# ROUGE-L reads at most this many tokens of each side (the LCS is O(n·m/64)).
 ROUGE_MAX_TOKENS: Final = 400
 
 
@@ -158,27 +160,19 @@ def _class_stats(label: str, confusion: dict[str, dict[str, int]]) -> ClassStats
 def rouge_l(prediction: str, reference: str, *, max_tokens: int = ROUGE_MAX_TOKENS) -> float:
     """ROUGE-L F1: longest common subsequence of case-folded whitespace tokens.
 
-    Each side is cut to its first ``max_tokens`` tokens. Two empty answers score 1.0.
+    Each side is cut to its first ``max_tokens`` tokens. Two empty answers score 1.0. The LCS is
+    rapidfuzz's (bit-parallel, in C); it compares tokens by a 64-bit key (a one-character
+    token's code point, else its hash), so two different tokens match only on a hash collision.
     """
     pred = prediction.casefold().split()[:max_tokens]
     ref = reference.casefold().split()[:max_tokens]
     if not pred or not ref:
         return float(pred == ref)
-    common = _lcs_length(pred, ref)
+    common = LCSseq.similarity(pred, ref)
     if not common:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for token in a:
-        current = [0]
-        for j, other in enumerate(b):
-            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
 
 
 @dataclass(frozen=True)
