@@ -20,6 +20,8 @@ import re2
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
+from core.text import content_text
+
 _FENCE: Final = "```"
 _TRAILING_PUNCTUATION: Final = ".,;:!?\u2026\u3002\uff01\uff1f"  # ellipsis, CJK stops
 # What ``read_json`` gives for an answer that is not JSON.
@@ -206,18 +208,8 @@ def _message(completion: dict[str, Any]) -> dict[str, Any]:
 
 
 def answer_text(completion: dict[str, Any]) -> str:
-    """The text of a chat completion's first choice: its content, or its content parts' text
-    joined; empty when it has none."""
-    content = _message(completion).get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
+    """The text of a chat completion's first choice (``core.text``); empty when it has none."""
+    return content_text(_message(completion).get("content"))
 
 
 def tool_calls_text(completion: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from core.text import content_text
 from trainer.synthetic import teacher_answer
 
 MODEL: Final = "demo-teacher"
@@ -39,12 +40,7 @@ def last_user_text(messages: Any) -> str:
         return ""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                parts = [p.get("text", "") for p in content if isinstance(p, dict)]
-                return " ".join(p for p in parts if isinstance(p, str))
+            return content_text(message.get("content"))
     return ""
 
 

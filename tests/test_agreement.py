@@ -136,9 +136,9 @@ def test_tool_calls(
 
 
 def test_content_parts_read_as_text() -> None:
-    """An answer given as content parts is read as its parts' text joined."""
-    parts = [{"type": "text", "text": "Paris is "}, {"type": "text", "text": "the capital."}]
-    got = score(_answer("Paris is the capital."), _answer(parts))
+    """An answer given as content parts is read as its parts' text joined by a newline."""
+    parts = [{"type": "text", "text": "Paris is"}, {"type": "text", "text": "the capital."}]
+    got = score(_answer("Paris is\nthe capital."), _answer(parts))
     assert got.exact == 1.0
 
 

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+import gateway.drift
 from core.profile import CHARSETS, FEATURES, Profile, drift
+from core.text import prompt_text
 from gateway.drift import (
     DriftMonitor,
     WindowedProfile,
@@ -250,11 +252,20 @@ def test_observe_profiles_at_most_max_rate_prompts_per_second(metrics: Metrics) 
     assert metrics.registry.get_sample_value("protege_drift_dropped_total") == 0
 
 
-def test_worker_logs_errors_and_keeps_going(monitor: DriftMonitor, metrics: Metrics) -> None:
+def test_worker_logs_errors_and_keeps_going(
+    monitor: DriftMonitor, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A prompt that fails to profile is logged at error level; later prompts still count."""
     monitor.set_reference("t", "t", reference(), window_s=60)
+
+    def text_or_fail(messages: Any) -> str:
+        if messages == "unreadable":
+            raise ValueError("cannot profile this")
+        return prompt_text(messages)
+
+    monkeypatch.setattr(gateway.drift, "prompt_text", text_or_fail)
     with capture_logs() as logs:
-        monitor.observe("t", [{"role": "user", "content": [{"text": 5}]}])
+        monitor.observe("t", "unreadable")
         feed(monitor, "t", ["fine"])
     failures = [e for e in logs if e["event"] == "drift_profile_failed"]
     assert [e["log_level"] for e in failures] == ["error"]

@@ -98,12 +98,12 @@ def test_end_of_turn_is_the_first_special_token_after_the_answer(tokenizer) -> N
 
 
 def test_text_content_parts_are_joined(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    """OpenAI content parts ([{type: text, text}]) tokenize like the plain string."""
+    """OpenAI content parts ([{type: text, text}]) tokenize like their text joined by a newline."""
     parts = [
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
     ]
     assert prompt_ids(tokenizer, parts) == prompt_ids(
-        tokenizer, [{"role": "user", "content": "ab"}]
+        tokenizer, [{"role": "user", "content": "a\nb"}]
     )
 
 

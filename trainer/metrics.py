@@ -33,6 +33,7 @@ from core.answers import (
     wants_json,
 )
 from core.answers import parse_json_answer as parse_json_answer
+from core.text import content_text
 from trainer.examples import Example
 from trainer.labels import extract_label
 from trainer.settings import LabelRule
@@ -245,10 +246,7 @@ def prompt_preview(messages: Sequence[dict[str, Any]], limit: int = PREVIEW_CHAR
     turns = [m for m in messages if m.get("role") == "user"] or list(messages)
     if not turns:
         return ""
-    content = turns[-1].get("content")
-    if isinstance(content, list):  # content parts: keep the text ones
-        content = "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return str(content or "")[:limit]
+    return content_text(turns[-1].get("content"))[:limit]
 
 
 def evaluate_predictions(
