@@ -141,7 +141,9 @@ def _complete(keys: Iterable[str], prefix: str, marker: str, *, depth: int) -> l
     """The folders ``depth`` levels below ``prefix`` (relative to it) holding ``marker``."""
     out = []
     for key in keys:
-        parts = key[len(prefix) :].split("/") if key.startswith(prefix) else ()
+        if not key.startswith(prefix):
+            continue
+        parts = key[len(prefix) :].split("/")
         if len(parts) == depth + 1 and parts[-1] == marker:
             out.append("/".join(parts[:-1]))
     return out
