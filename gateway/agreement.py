@@ -1,7 +1,7 @@
 """How far a student's shadow answer agrees with the teacher's answer to the same request.
 
 Each side is read as its first choice's text or, when that choice made tool calls, as the calls'
-canonical text (``gateway.answers``). The measures, each in [0, 1]:
+canonical text (``core.answers``). The measures, each in [0, 1]:
 
     exact        1 when the two texts are identical
     normalized   1 when they are equal once normalized: JSON as canonical JSON, other text

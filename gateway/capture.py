@@ -78,7 +78,7 @@ def _text(data: bytes) -> str:
 
 
 class RecordEncoder:
-    """``Exchange -> bytes`` (one JSON record of the schema in ``gateway.record``)."""
+    """``Exchange -> bytes`` (one JSON record of the schema in ``core.record``)."""
 
     def __init__(self, redactor: Redactor, metrics: Metrics) -> None:
         self._redactor = redactor

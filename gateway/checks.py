@@ -12,7 +12,7 @@
     must_match      some ``must_match`` RE2 pattern is not found in the text
     must_not_match  some ``must_not_match`` RE2 pattern is found in the text
     max_length      the text is longer than ``max_chars`` characters (for an answer that is
-                    only tool calls: their canonical text, see ``gateway.answers``)
+                    only tool calls: their canonical text, see ``core.answers``)
     empty           ``non_empty`` and the answer has neither text (once stripped) nor a tool call
     refusal         a refusal phrase occurs in the text, ignoring case
 

@@ -1,6 +1,6 @@
 """The spool writer: exchange records appended to segment files until the sidecar ships them.
 
-The segment format and its readers live in ``gateway.segment``. A record is written to the OS
+The segment format and its readers live in ``core.segment``. A record is written to the OS
 before its request is answered, so killing the process loses no acknowledged record; fsync
 policy decides what a power loss may take.
 """

@@ -3,7 +3,7 @@
 ``write_backlog`` feeds ``exchange_records`` through ``gateway.spool.SpoolWriter`` (fsync
 ``never``, default segment size), so the files are byte for byte what the gateway leaves for
 the sidecar. ``read_spool`` is the baseline: the same segments read with
-``gateway.segment.iter_records`` and nothing else. ``link_spool`` gives each sidecar run its own
+``core.segment.iter_records`` and nothing else. ``link_spool`` gives each sidecar run its own
 spool directory of hard links, since shipping deletes the segments it shipped.
 """
 

@@ -1,11 +1,11 @@
 """Realistic spool records for the sidecar benchmark, made cheaply enough to fill a gigabyte.
 
-Each record is a JSON object with every column of ``gateway.record.SCHEMA``, about 2.3 KB: the
+Each record is a JSON object with every column of ``core.record.SCHEMA``, about 2.3 KB: the
 ``request`` and ``response`` columns hold ~900 B of JSON text each (a chat request and its chat
 completion). Records are spread over three tasks and a few shapes per task (streamed or not,
 teacher or shadow route). The user message and the answer are drawn, per record, from a pool of
 sentences over a made-up vocabulary, so the text compresses like prose rather than like copies
-of one string. Every record has its own ``request_id`` from ``gateway.record.new_id``, which
+of one string. Every record has its own ``request_id`` from ``core.ids.new_id``, which
 also appears inside its request and response, so no two of those texts are equal (Parquet's
 dictionary encoding gets no unrealistic help).
 

@@ -1,21 +1,15 @@
 """Make the ``trainer`` modules importable on a machine with only the training stack installed.
 
-The modules the training loop needs import more than training does:
+The modules the training loop needs import little beyond PyTorch and transformers: ``core``
+(errors, ids and message text: the standard library only), pyarrow (``trainer.examples``
+builds a schema at import), and
 
-    trainer.config   -> gateway.errors -> gateway/__init__.py -> gateway.config (google-re2,
-                        pydantic, PyYAML) and gateway.record (pyarrow); gateway.errors -> orjson
     trainer.loop     -> structlog
-    trainer.examples -> orjson, pyarrow, gateway.record (through gateway/__init__.py again)
+    trainer.examples, trainer.synthetic -> orjson
 
-A GPU machine with PyTorch, transformers and peft may lack google-re2, pydantic, structlog and
-orjson. ``prepare()`` then fills the gap, and only then:
-
-- ``gateway`` is registered as a bare package, its ``__init__`` not run, so ``gateway.errors``
-  and ``gateway.record`` load on their own and google-re2, pydantic and PyYAML are never needed;
-- ``structlog`` and ``orjson`` get small stand-ins over the standard ``logging`` and ``json``.
-
-Neither is on the training path: the loop logs at curve points only, and orjson serves example
-files and error bodies. pyarrow has no stand-in (``trainer.examples`` builds a schema at import).
+A GPU machine with PyTorch, transformers and peft may lack structlog and orjson. ``prepare()``
+then gives them small stand-ins over the standard ``logging`` and ``json``. Neither is on the
+training path: the loop logs at curve points only, and orjson serves example files.
 """
 
 from __future__ import annotations
@@ -29,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-_GATEWAY_INIT_NEEDS = ("re2", "pydantic", "yaml")
 
 
 def prepare() -> list[str]:
@@ -39,10 +32,6 @@ def prepare() -> list[str]:
     if not _installed("pyarrow"):
         raise SystemExit("trainer_throughput: pyarrow is needed (trainer.examples imports it)")
     notes = []
-    missing = [name for name in _GATEWAY_INIT_NEEDS if not _installed(name)]
-    if missing and "gateway" not in sys.modules:
-        sys.modules["gateway"] = _bare_package("gateway", ROOT / "gateway")
-        notes.append(f"gateway/__init__.py not run ({', '.join(missing)} not installed)")
     if not _installed("structlog"):
         sys.modules["structlog"] = _structlog_stand_in()
         notes.append("structlog stands in as standard logging")
@@ -62,13 +51,6 @@ def quiet_training_logs() -> None:
 
 def _installed(name: str) -> bool:
     return name in sys.modules or importlib.util.find_spec(name) is not None
-
-
-def _bare_package(name: str, path: Path) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__path__ = [str(path)]
-    module.__file__ = str(path / "__init__.py")
-    return module
 
 
 class _Logger:

@@ -1,7 +1,7 @@
 """What reached the store, set against what the clients were answered.
 
 The store is read raw (every row of every part, no de-duplication), so a request id stored
-twice shows up as a duplicate; "stored" counts distinct request ids, as ``sidecar.read`` returns
+twice shows up as a duplicate; "stored" counts distinct request ids, as ``core.read`` returns
 them. A request the clients got a whole answer for (``Outcome.whole``) must be stored: if not,
 it is lost. Each stored record of such a request must also agree with the answer: same status,
 ``complete`` true for a stream that ended with ``[DONE]`` and false for one that ended with an
