@@ -149,6 +149,13 @@ class Prometheus:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
+    def scraped(self, timeout: float = 30) -> None:
+        """Waits until every target has been scraped since this call, so that what they served
+        before it is stored; an error naming the log when that takes over ``timeout`` seconds."""
+        since = time.time()
+        if not wait_until(lambda: (self.value("min(timestamp(up))") or 0) > since, timeout):
+            raise RuntimeError(f"targets not scraped within {timeout} s:\n{self.log_tail()}")
+
     def alerts(self) -> list[dict[str, Any]]:
         """Active alerts (pending and firing) with their labels and state."""
         alerts: list[dict[str, Any]] = self._api("alerts")["alerts"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from typing import Any
 
@@ -179,12 +178,12 @@ def test_schema_ref_is_never_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_schema_patterns_run_in_linear_time() -> None:
-    """A schema pattern that backtracks exponentially elsewhere is checked in linear time."""
+    """A schema pattern that backtracks exponentially elsewhere is judged, in linear time."""
     schema = {"type": "object", "properties": {"a": {"pattern": "^(a+)+$"}}}
-    started = time.perf_counter()
-    failed = _run({}, _asks("json_schema", schema), _answer('{"a": "' + "a" * 40 + 'b"}'))
+    # Some 2**64 steps for a backtracking engine (Python's re): it would never return, and the
+    # suite's per-test timeout would fail the test. RE2 reads the text once.
+    failed = _run({}, _asks("json_schema", schema), _answer('{"a": "' + "a" * 64 + 'b"}'))
     assert failed == ("json_schema",)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_checks_are_reusable() -> None:

@@ -32,6 +32,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_reduced_demo_runs_every_stage(
     tmp_path: Path,

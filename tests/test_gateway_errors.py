@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +235,6 @@ def test_bad_config_fails_startup_naming_the_key(tmp_path: Path) -> None:
     """protege gateway with a bad config exits 2 and names the offending key."""
     config = tmp_path / "bad.yaml"
     config.write_text("routes:\n  - alias: a\n    task: ok\n  - alias: b\n    task: 'bad task'\n")
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "protege.cli", "gateway", "--config", str(config)],
         capture_output=True,
@@ -245,4 +243,3 @@ def test_bad_config_fails_startup_naming_the_key(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "routes[1].task" in proc.stderr
-    assert time.monotonic() - started < 60

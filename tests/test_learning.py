@@ -19,6 +19,8 @@ from trainer.pipeline import RunOptions, run
 from trainer.publish import list_versions, read_manifest
 from trainer.settings import CurationConfig, LabelRule
 
+pytestmark = pytest.mark.slow  # minutes of real training of SmolLM2
+
 
 def log_tickets(store_uri: str, n: int, tmp: Path) -> None:
     """n teacher exchanges of the synthetic ticket-routing task, from 60 users, in the store."""

@@ -17,8 +17,7 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,7 +446,7 @@ def live_rules(path: Path) -> Path:
     return path
 
 
-def send_student_traffic(lorax: FakeLorax, gateway_url: str) -> None:
+def send_student_traffic(lorax: FakeLorax, gateway_url: str, scraped: Callable[[], None]) -> None:
     """Shadowed text and JSON answers, a canary whose student fails until it is stepped back,
     and hybrid answers that fail their checks or whose prompts are too long."""
     client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="client-key", max_retries=0)
@@ -466,7 +465,7 @@ def send_student_traffic(lorax: FakeLorax, gateway_url: str) -> None:
         client.chat.completions.create(model="triage", messages=short)
         lorax.mode = "ok"
         if i < 2:
-            time.sleep(SCRAPE_S * 1.5)
+            scraped()
 
 
 def publish_adapters(store: Path) -> None:
@@ -477,10 +476,10 @@ def publish_adapters(store: Path) -> None:
         manifest.write_text("{}", encoding="utf-8")
 
 
-def send_traffic(teacher: FakeTeacher, gateway_url: str) -> None:
+def send_traffic(teacher: FakeTeacher, gateway_url: str, scraped: Callable[[], None]) -> None:
     """Answers, streams, teacher 500s and cut streams; prompts padded to fill the spool.
 
-    Each kind starts with one request and a pause of a scrape: a labelled counter is born on
+    Each kind starts with one request, then waits for a scrape: a labelled counter is born on
     its first increment, and only increments after Prometheus first saw it count in rate().
     """
     client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="client-key", max_retries=0)
@@ -509,7 +508,7 @@ def send_traffic(teacher: FakeTeacher, gateway_url: str) -> None:
         for i in range(count):
             send(i)
             if i < 2:
-                time.sleep(SCRAPE_S * 1.5)
+                scraped()
     teacher.mode = "ok"
 
 
@@ -579,9 +578,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         stack.enter_context(prometheus)
         assert wait_until(prometheus.targets_up, 20), "scrape targets are not up"
 
-        send_traffic(teacher, gateway_url)
-        send_student_traffic(lorax, gateway_url)
-        time.sleep(SCRAPE_S * 2.5)  # the last of the traffic scraped before judging the rules
+        send_traffic(teacher, gateway_url, prometheus.scraped)
+        send_student_traffic(lorax, gateway_url, prometheus.scraped)
+        prometheus.scraped()  # the last of the traffic stored before judging the rules
         fired: set[str] = set()
 
         def provoked() -> bool:
@@ -604,28 +603,33 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield Live(prometheus, sidecar_url, fired, outage)
 
 
+@pytest.mark.slow
 def test_uploads_failing_alert_fires_while_the_store_is_down(live: Live) -> None:
     """With the store unreachable, ProtegeUploadsFailing reaches the firing state."""
     assert "ProtegeUploadsFailing" in live.fired
 
 
+@pytest.mark.slow
 def test_records_dropped_alert_fires_when_the_spool_overflows(live: Live) -> None:
     """With the store down and the spool at its cap, ProtegeRecordsDropped fires."""
     assert "ProtegeRecordsDropped" in live.fired
 
 
+@pytest.mark.slow
 def test_every_rule_expression_evaluates(live: Live) -> None:
     """Prometheus evaluates every alert expression without an error."""
     errors = {name: str(r) for name, r in live.outage.items() if isinstance(r, PromQLError)}
     assert errors == {}
 
 
+@pytest.mark.slow
 def test_provoked_rule_expressions_return_data(live: Live) -> None:
     """The expressions of the alerts the outage and the teacher's 500s provoke hold samples."""
     empty = {name for name in ALERTS_WITH_DATA if not live.outage.get(name)}
     assert empty == set()
 
 
+@pytest.mark.slow
 def test_every_dashboard_expression_evaluates(live: Live) -> None:
     """Prometheus evaluates every query of every dashboard panel without an error."""
     errors = {}
@@ -637,6 +641,7 @@ def test_every_dashboard_expression_evaluates(live: Live) -> None:
     assert errors == {}
 
 
+@pytest.mark.slow
 def test_dashboard_panels_over_sent_traffic_return_data(live: Live) -> None:
     """Each query of the panels about the traffic sent and the log pipeline returns samples."""
     queries = [q for q in dashboard_queries() if q.panel in PANELS_WITH_DATA]
@@ -649,6 +654,7 @@ def test_dashboard_panels_over_sent_traffic_return_data(live: Live) -> None:
     assert empty == []
 
 
+@pytest.mark.slow
 def test_sidecar_health_probe_answers(live: Live) -> None:
     """The sidecar answers the chart's liveness probe path on its metrics port."""
     assert httpx.get(f"{live.sidecar_url}/healthz", timeout=5).status_code == 200

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "loadtests" / "reliability" / "run.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the suite pins to two CPUs")
 def test_kill_gateway_under_load_loses_and_duplicates_nothing() -> None:
     """The gateway killed with SIGKILL twice under mixed load and restarted on its spool: the

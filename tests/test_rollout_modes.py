@@ -280,8 +280,10 @@ def test_student_mode_counts_output_checks(start: Any, lorax: FakeLorax) -> None
     gw = start(mode="student")
     answer = client(gw).chat.completions.create(model="tickets", messages=ask())
     assert answer.choices[0].message.content == "I cannot help with that."
-    assert gw.wait_for(lambda: gw.metric("protege_output_checks_total", task="tickets") == 1)
-    assert gw.metric("protege_output_check_failures_total", task="tickets", check="refusal") == 1
+    # The failure is counted last, once its answer is counted: wait for it, then read both.
+    failures = {"task": "tickets", "check": "refusal"}
+    assert gw.wait_for(lambda: gw.metric("protege_output_check_failures_total", **failures) == 1)
+    assert gw.metric("protege_output_checks_total", task="tickets") == 1
 
 
 def test_a_degrading_student_steps_back_to_shadow(

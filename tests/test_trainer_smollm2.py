@@ -27,6 +27,8 @@ COMPLETIONS = [
 ]
 SYSTEMS = [None, "Classify the sentiment."]  # without one, the template adds SmolLM's own
 
+pytestmark = pytest.mark.slow  # loads the real SmolLM2 base, and trains it
+
 
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Any, Any]:
