@@ -16,6 +16,12 @@ def test_round_trips_through_json() -> None:
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_target_modules_default_to_found_from_the_model() -> None:
+    """No target_modules means every attention and MLP linear layer, found per architecture."""
+    assert TrainConfig().target_modules == ()
+    assert TrainConfig.from_dict({"target_modules": []}) == TrainConfig()
+
+
 def test_a_subset_fills_in_defaults() -> None:
     """Keys left out take their defaults."""
     assert TrainConfig.from_dict({"max_steps": 10}) == TrainConfig(max_steps=10)
@@ -34,6 +40,7 @@ def test_a_subset_fills_in_defaults() -> None:
         ),
         ({"lora_r": "16"}, "lora_r must be like 16, got '16'"),
         ({"packing": 1}, "packing must be like True"),
+        ({"target_modules": ["q_proj", ""]}, "target_modules must hold no empty name"),
     ],
 )
 def test_bad_settings_fail_naming_the_key(data, message) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainer.batches import collate, encode_all
-from trainer.config import LLAMA_LINEAR_MODULES, TrainConfig
+from trainer.config import TrainConfig
 from trainer.loop import train
 from trainer.model import (
     SMOLLM2_GGUF,
@@ -24,6 +25,7 @@ from trainer.model import (
 )
 from trainer.tiny import save_tiny, tiny_examples
 
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CFG = TrainConfig(
     seq_len=128, max_tokens_per_batch=256, max_steps=5, learning_rate=1e-2, lora_r=4, log_every=5
 )
@@ -82,7 +84,7 @@ def test_lora_targets_every_linear_layer_of_attention_and_mlp(tiny_dir: Path) ->
     model, _ = load_base(resolve_base(str(tiny_dir)))
     peft = attach_lora(model, CFG)
     wrapped = {n.split(".")[-1] for n, m in peft.named_modules() if hasattr(m, "lora_A")}
-    assert wrapped == set(LLAMA_LINEAR_MODULES)
+    assert wrapped == set(LLAMA_TARGETS)
     trainable = [n for n, p in peft.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
@@ -101,11 +103,11 @@ def test_saved_adapter_reloads_with_the_same_outputs(tiny_dir: Path, tmp_path: P
     ]
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["peft_type"], config["task_type"], config["r"]) == ("LORA", "CAUSAL_LM", 4)
-    assert set(config["target_modules"]) == set(LLAMA_LINEAR_MODULES)
+    assert set(config["target_modules"]) == set(LLAMA_TARGETS)
     assert config["base_model_name_or_path"] == str(tiny_dir)
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in weights)
-    assert load_train_config(out) == CFG
+    assert load_train_config(out) == replace(CFG, target_modules=LLAMA_TARGETS)
 
     fresh, _ = load_base(resolve_base(str(tiny_dir)))
     reloaded = load_adapter(fresh, out)

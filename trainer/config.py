@@ -14,16 +14,6 @@ from typing import Any, Final
 
 from core.errors import ConfigError
 
-# The linear layers of a Llama-style block: attention, then MLP.
-LLAMA_LINEAR_MODULES: Final = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
 SCHEDULES: Final = ("cosine", "constant")
 OVERLONG: Final = ("drop", "truncate_prompt")
 
@@ -34,7 +24,9 @@ class TrainConfig:
     lora_r: int = 16  # rank of the update matrices
     lora_alpha: int = 32  # scale of the update is lora_alpha / lora_r
     lora_dropout: float = 0.05  # dropout on the LoRA input during training
-    target_modules: tuple[str, ...] = LLAMA_LINEAR_MODULES  # every linear layer of attn + MLP
+    # Layer names LoRA wraps; empty: every linear layer of attention and MLP, found from the
+    # model (trainer.targets). The adapter's saved config names the layers found.
+    target_modules: tuple[str, ...] = ()
 
     # --- optimisation ---
     learning_rate: float = 2e-4  # peak learning rate, reached at the end of warm-up
@@ -120,7 +112,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
         ("lora_r", cfg.lora_r >= 1, "be >= 1"),
         ("lora_alpha", cfg.lora_alpha > 0, "be > 0"),
         ("lora_dropout", 0.0 <= cfg.lora_dropout < 1.0, "be in [0, 1)"),
-        ("target_modules", len(cfg.target_modules) > 0, "name at least one module"),
+        ("target_modules", all(cfg.target_modules), "hold no empty name"),
         ("learning_rate", cfg.learning_rate > 0, "be > 0"),
         ("min_lr_ratio", 0.0 <= cfg.min_lr_ratio <= 1.0, "be in [0, 1]"),
         ("schedule", cfg.schedule in SCHEDULES, f"be one of {SCHEDULES}"),

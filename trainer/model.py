@@ -5,8 +5,10 @@ A base is named by a spec: ``"smollm2"`` (SmolLM2-135M-Instruct, the Q4_1 GGUF s
 directory, a ``.gguf`` file, or a Hub id already in the local cache. Nothing is ever downloaded.
 
 An adapter is PEFT's output as LoRAX loads it: ``adapter_config.json`` and
-``adapter_model.safetensors``, LoRA on every linear layer of attention and MLP, no extra
-trainable modules; ``train_config.json`` beside them holds the ``TrainConfig`` it was trained with.
+``adapter_model.safetensors``, LoRA on every linear layer of attention and MLP (found per
+architecture by ``trainer.targets`` unless the config names them), no extra trainable modules;
+``train_config.json`` beside them holds the ``TrainConfig`` it was trained with, naming the
+layers LoRA wrapped.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer.config import TrainConfig
+from trainer.targets import find_targets, wrapped_targets
 
 SMOLLM2: Final = "smollm2"
 SMOLLM2_ID: Final = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -101,12 +104,16 @@ def load_base(
 
 
 def attach_lora(model: Any, cfg: TrainConfig) -> PeftModel:
-    """``model`` wrapped with fresh LoRA layers (seeded init); only they are trainable."""
+    """``model`` wrapped with fresh LoRA layers (seeded init); only they are trainable.
+
+    The layers are ``cfg.target_modules``, or when it is empty every linear layer of
+    attention and MLP that ``find_targets`` finds in ``model``.
+    """
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=list(cfg.target_modules or find_targets(model)),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -118,14 +125,25 @@ def attach_lora(model: Any, cfg: TrainConfig) -> PeftModel:
 def save_adapter(
     model: PeftModel, directory: str | Path, *, config: TrainConfig | None = None
 ) -> Path:
-    """Write the adapter (and the config it was trained with) to ``directory``; return it."""
+    """Write the adapter (and the config it was trained with) to ``directory``; return it.
+
+    A config that left ``target_modules`` empty is saved naming the layers LoRA wrapped.
+    """
     out = Path(directory)
     # Embeddings are never trained; saying so also stops PEFT asking the Hub about the base.
     model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
     (out / "README.md").unlink(missing_ok=True)  # PEFT's blank model card: nothing to read
     if config is not None:
+        config = as_trained(model, config)
         (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return out
+
+
+def as_trained(model: PeftModel, config: TrainConfig) -> TrainConfig:
+    """``config`` naming the layers LoRA wrapped in ``model`` where it left them to be found."""
+    if config.target_modules:
+        return config
+    return replace(config, target_modules=wrapped_targets(model))
 
 
 def load_adapter(base: Any, directory: str | Path) -> PeftModel:

@@ -26,7 +26,7 @@ from trainer.evaluate import EvalResult, evaluate
 from trainer.examples import TEST_SPLITS, Example
 from trainer.generate import generate
 from trainer.loop import TrainResult, train
-from trainer.model import attach_lora, load_base, resolve_base, save_adapter
+from trainer.model import as_trained, attach_lora, load_base, resolve_base, save_adapter
 from trainer.publish import Published, publish, reference_profile
 from trainer.report import write_report
 from trainer.settings import CurationConfig
@@ -114,7 +114,8 @@ def run(opts: RunOptions) -> RunResult:
         loss_curve=[(p.step, p.loss) for p in training.curve],
         ablation=ablation if len(ablation) > 1 else None,
     )  # fmt: skip
-    manifest = _manifest(ref.model_id, snapshot, cfg, training, evaluation, ablation)
+    trained = as_trained(student, cfg)
+    manifest = _manifest(ref.model_id, snapshot, trained, training, evaluation, ablation)
     manifest["prompt_template"] = tokenizer.chat_template
     manifest["input_profile"] = reference_profile(train_set)
     (opts.out_dir / RUN_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
