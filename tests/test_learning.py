@@ -80,5 +80,6 @@ def test_student_learns_the_task_and_is_published(tmp_path: Path) -> None:
     assert manifest["input_profile"]["n"] == result.training.examples
     wrapped = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert manifest["hyperparameters"]["target_modules"] == wrapped
+    assert any("memory" in line for line in lines)
     assert (tmp_path / "run" / "report.md").read_text().count("test-balanced") >= 1
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000

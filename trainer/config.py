@@ -50,6 +50,10 @@ class TrainConfig:
     packing: bool = True  # several examples per row, isolated by position ids and mask
     overlong: str = "drop"  # example longer than seq_len: "drop" it or "truncate_prompt"
     data_fraction: float = 1.0  # train on this seeded share of the examples (size ablation)
+    # Memory: seq_len is an upper bound; rows are as long as the data needs (its longest example,
+    # rounded up to 64), and micro-batch, accumulation and gradient checkpointing are chosen to
+    # fit this budget (``trainer.memory``), keeping tokens per optimizer step as asked.
+    memory_budget_gb: float = 0.0  # 0: 70 % of the memory available when training starts
 
     # --- runtime ---
     seed: int = 0  # LoRA init, data order, dropout
@@ -127,6 +131,7 @@ def _problems(cfg: TrainConfig) -> list[str]:
         ("grad_accum_steps", cfg.grad_accum_steps >= 1, "be >= 1"),
         ("overlong", cfg.overlong in OVERLONG, f"be one of {OVERLONG}"),
         ("data_fraction", 0.0 < cfg.data_fraction <= 1.0, "be in (0, 1]"),
+        ("memory_budget_gb", cfg.memory_budget_gb >= 0, "be >= 0"),
         ("log_every", cfg.log_every >= 1, "be >= 1"),
         ("eval_max_new_tokens", cfg.eval_max_new_tokens >= 1, "be >= 1"),
         ("eval_batch_size", cfg.eval_batch_size >= 1, "be >= 1"),

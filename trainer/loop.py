@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
@@ -22,6 +22,15 @@ import torch.nn.functional as F
 from trainer.batches import IGNORE, Batch, Encoded, collate, encode_all, epoch_plan, subsample
 from trainer.config import TrainConfig
 from trainer.examples import Example
+from trainer.memory import plan
+from trainer.memory_facts import (
+    budget_bytes,
+    device_of,
+    enable_checkpointing,
+    lengths_of,
+    resident_bytes,
+    shape_of,
+)
 
 log = structlog.get_logger("trainer")
 
@@ -45,6 +54,7 @@ class TrainResult:
     examples: int  # examples trained on, after data_fraction and the length limit
     dropped: int  # examples over seq_len, left out
     wall_s: float
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory plan trained with
 
     @property
     def final_loss(self) -> float:
@@ -66,18 +76,27 @@ def train(
     *,
     device: str | torch.device,
     on_log: Callable[[LogPoint], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train the LoRA parameters of ``model`` (a PEFT model) on the examples' answers."""
+    """Train the LoRA parameters of ``model`` (a PEFT model) on the examples' answers.
+
+    ``say`` gets the memory plan (``trainer.memory``), for a person; without it, it is logged.
+    """
     started = time.perf_counter()
     device = torch.device(device)
 
     # Data: the seeded share of the examples, tokenized; those over seq_len are left out.
     encoded, dropped = _encode(tokenizer, train_examples, cfg)
-    total = total_steps(len(epoch_plan([len(e) for e in encoded], cfg, 0)), cfg)
 
     # Model: only what requires grad (the LoRA matrices) is optimized.
     torch.manual_seed(cfg.seed)
     model.to(device).train()
+
+    # Memory: rows only as long as the data needs, and micro-batches, accumulation and
+    # checkpointing that fit this machine, before the first step rather than an OOM kill.
+    cfg, memory = _fit_memory(model, encoded, cfg, device, say)
+    encoded = [e for e in encoded if len(e) <= cfg.seq_len]  # only the base's context cuts
+    total = total_steps(len(epoch_plan([len(e) for e in encoded], cfg, 0)), cfg)
     run = _Run(model, cfg, device)
     batches = _micro_batches(encoded, cfg, tokenizer.pad_token_id, run.varlen)
 
@@ -102,6 +121,7 @@ def train(
         examples=len(encoded),
         dropped=dropped,
         wall_s=time.perf_counter() - started,
+        memory=memory,
     )
 
 
@@ -174,7 +194,7 @@ class _Run:
         self.varlen = self.loss.varlen
         self.device = device
         self.max_grad_norm = cfg.max_grad_norm
-        bf16 = cfg.bf16 if cfg.bf16 is not None else cuda and torch.cuda.is_bf16_supported()
+        bf16 = _bf16(cfg, device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -201,6 +221,47 @@ class _Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, labelled, sum(b.tokens for b in micro)
+
+
+def _bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the forward runs under bfloat16 autocast (``cfg.bf16``; None: where supported)."""
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _fit_memory(
+    model: Any,
+    encoded: Sequence[Encoded],
+    cfg: TrainConfig,
+    device: torch.device,
+    say: Callable[[str], None] | None,
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """``cfg`` with the memory plan's batch shape applied (checkpointing switched on if it
+    says so), and the plan as a record; raises ``DoesNotFit`` naming the numbers."""
+    loss = TokenLoss(model)
+    shape = shape_of(model, head_on_labelled_only=loss.head is not None)
+    impl = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
+    bf16 = _bf16(cfg, device)
+    where = device_of(device, attn_impl=impl, bf16=bf16, dtype_bytes=shape.dtype_bytes)
+    budget = budget_bytes(cfg, device, resident_bytes(model, device))
+    chosen = plan(shape, where, budget, lengths_of(encoded), cfg)
+    text = chosen.describe(shape, where)
+    if say is not None:
+        say(text)
+    else:
+        log.info("train.memory", plan=text)
+    if chosen.checkpointing:
+        enable_checkpointing(model)
+    record = {
+        "row_len": chosen.row_len,
+        "tokens_per_micro_batch": chosen.tokens_per_micro,
+        "grad_accum_steps": chosen.accum,
+        "gradient_checkpointing": chosen.checkpointing,
+        "estimate_bytes": chosen.estimate.total,
+        "budget_bytes": chosen.budget,
+    }
+    return chosen.apply(cfg), record
 
 
 class _Meter:

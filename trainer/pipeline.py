@@ -96,7 +96,7 @@ def run(opts: RunOptions) -> RunResult:
             base = student.unload()  # the bare base again, for a fresh adapter
         student = attach_lora(base, cfg)
         opts.say(f"[train] {fraction:g} of the data, LoRA r={cfg.lora_r}")
-        training = train(student, tokenizer, train_set, cfg, device=opts.device)
+        training = train(student, tokenizer, train_set, cfg, device=opts.device, say=opts.say)
         opts.say(
             f"[train] {training.steps} steps on {training.examples} examples, loss "
             f"{training.curve[0].loss:.3f} -> {training.final_loss:.3f}, "
