@@ -21,7 +21,7 @@ from trainer.memory import (
     plan,
     row_length,
 )
-from trainer.memory_facts import lengths_of, shape_of
+from trainer.memory_facts import device_of, lengths_of, shape_of
 from trainer.model import attach_lora
 from trainer.tiny import tiny_examples, tiny_model, tiny_tokenizer
 
@@ -168,8 +168,9 @@ def test_a_budget_one_row_needs_checkpointing_for_trains_with_it() -> None:
     lengths = lengths_of(encoded)
     shape = shape_of(model, head_on_labelled_only=True)
     row = row_length(lengths.longest, cfg, shape.context)
-    bare = estimate(shape, CPU, row, row, lengths.label_share, False).total
-    checkpointed = estimate(shape, CPU, row, row, lengths.label_share, True).total
+    here = device_of(torch.device("cpu"), attn_impl="sdpa", bf16=False, dtype_bytes=4)
+    bare = estimate(shape, here, row, row, lengths.label_share, False).total
+    checkpointed = estimate(shape, here, row, row, lengths.label_share, True).total
     assert checkpointed < bare
     budget = (bare + checkpointed) / 2 / GIB
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}

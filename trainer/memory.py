@@ -11,12 +11,16 @@ The estimate, in bytes, for ``T`` tokens per micro-batch in rows of ``S`` tokens
     attention    T x S (the bool mask) + T x S x heads x a x layers where scores materialize
     logits       T x share x vocab x 8 (fp32 logits + log-softmax) when the output layer runs on
                  the labelled tokens only, else T x vocab x (a + 8)
+    transients   (peak factor - 1) x (activations + attention + logits): what a step holds at
+                 its peak beyond the saved tensors (backward's temporaries, the allocator's slack)
 
 ``a`` is the activation dtype's size (2 under bf16 autocast). The factors 16 and 5 count what
 autograd keeps per token in a LoRA'd Llama block (norm inputs and outputs, q/k/v, the dropout
 copies LoRA makes of each linear input, attention output; gate, up, SiLU, product, its dropout
 copy), measured with saved-tensor hooks on the tiny model and SmolLM2's shape. Rows x their
 length never exceed ``T`` (see ``trainer.batches.plan_batches``), so ``T x S`` bounds rows x S².
+The peak factor is measured too (``loadtests/trainer_memory.py``): on CPU training's peak RSS
+is about 2.3x the saved tensors, whatever the row length; on CUDA it is not measured yet (1.0).
 
 Choices: rows only as long as the data needs (its longest example rounded up to 64 tokens, within
 ``seq_len`` and the base's context: on CPU attention costs S² per row, so packing 80-token
@@ -76,8 +80,9 @@ class Shape:
 @dataclass(frozen=True)
 class Device:
     kind: str  # "cpu" or "cuda"
-    materializes_scores: bool  # attention keeps rows x heads x S² scores (CPU SDPA with a mask)
+    materializes_scores: bool  # attention keeps rows x heads x S² scores (eager attention)
     activation_bytes: int  # 4 for fp32, 2 under bf16 autocast
+    peak_factor: float = 1.0  # a step's peak over the tensors autograd keeps
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,11 @@ class Estimate:
     activations: int
     attention: int
     logits: int
+    transients: int
 
     @property
     def total(self) -> int:
-        return self.weights + self.lora + self.activations + self.attention + self.logits
+        return sum(getattr(self, f.name) for f in fields(self))
 
     def describe(self) -> str:
         terms = ", ".join(f"{f.name} {getattr(self, f.name) / GIB:.2f}" for f in fields(self))
@@ -160,6 +166,7 @@ def estimate(shape: Shape, device: Device, tokens: int, row_len: int, share: flo
         activations=activations,
         attention=attention,
         logits=logits,
+        transients=math.ceil((device.peak_factor - 1) * (activations + attention + logits)),
     )
 
 
