@@ -468,6 +468,15 @@ def send_student_traffic(lorax: FakeLorax, gateway_url: str, scraped: Callable[[
             scraped()
 
 
+def stepped_back(gateway_url: str) -> bool:
+    """Whether the gateway has applied a guardrail's rollout change (its own /metrics)."""
+    text = httpx.get(f"{gateway_url}/metrics", timeout=5).text
+    return any(
+        line.startswith("protege_rollout_changes_total{") and 'source="guardrail"' in line
+        for line in text.splitlines()
+    )
+
+
 def publish_adapters(store: Path) -> None:
     """The student routes' adapters, published (a manifest is what the gateway looks for)."""
     for rollout in STUDENT_ROUTES.values():
@@ -580,7 +589,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
         send_traffic(teacher, gateway_url, prometheus.scraped)
         send_student_traffic(lorax, gateway_url, prometheus.scraped)
-        prometheus.scraped()  # the last of the traffic stored before judging the rules
+        # The canary's step-back is applied in the background: wait until the gateway counts
+        # it, then for two scrapes, so increase() over the new counter has two samples.
+        assert wait_until(lambda: stepped_back(gateway_url), 20), "no step-back applied"
+        prometheus.scraped()
+        prometheus.scraped()
         fired: set[str] = set()
 
         def provoked() -> bool:
