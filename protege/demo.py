@@ -194,11 +194,8 @@ class Demo:
         if self.opts.teacher_model:
             route["teacher_model"] = self.opts.teacher_model
         route["rollout"] = {"mode": "teacher", "checks": {"json_object": True}}
-        prefix = (
-            f"{self.store}/{ADAPTERS}/"
-            if self.opts.student_url and self.store.startswith("s3://")
-            else ""
-        )
+        lorax_s3 = self.opts.student_url and self.store.startswith("s3://")
+        prefix = f"{self.store}/{ADAPTERS}/" if lorax_s3 else ""
         return {
             "teacher": {"base_url": self.teacher_url},
             "student": {"base_url": f"{self.student_root}/v1", "adapter_prefix": prefix,

@@ -18,6 +18,7 @@ from trainer.config import TrainConfig
 from trainer.pipeline import RunOptions, run
 from trainer.publish import list_versions, read_manifest
 from trainer.settings import CurationConfig, LabelRule
+from trainer.tiny import LLAMA_LINEAR
 
 pytestmark = pytest.mark.slow  # minutes of real training of SmolLM2
 
@@ -78,8 +79,7 @@ def test_student_learns_the_task_and_is_published(tmp_path: Path) -> None:
     assert manifest["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert manifest["dataset_snapshot"] == result.snapshot
     assert manifest["input_profile"]["n"] == result.training.examples
-    wrapped = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert manifest["hyperparameters"]["target_modules"] == wrapped
+    assert manifest["hyperparameters"]["target_modules"] == list(LLAMA_LINEAR)
     assert any("memory" in line for line in lines)
     assert (tmp_path / "run" / "report.md").read_text().count("test-balanced") >= 1
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000

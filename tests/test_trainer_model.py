@@ -23,9 +23,8 @@ from trainer.model import (
     resolve_base,
     save_adapter,
 )
-from trainer.tiny import save_tiny, tiny_examples
+from trainer.tiny import LLAMA_LINEAR, save_tiny, tiny_examples
 
-LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CFG = TrainConfig(
     seq_len=128, max_tokens_per_batch=256, max_steps=5, learning_rate=1e-2, lora_r=4, log_every=5
 )
@@ -84,7 +83,7 @@ def test_lora_targets_every_linear_layer_of_attention_and_mlp(tiny_dir: Path) ->
     model, _ = load_base(resolve_base(str(tiny_dir)))
     peft = attach_lora(model, CFG)
     wrapped = {n.split(".")[-1] for n, m in peft.named_modules() if hasattr(m, "lora_A")}
-    assert wrapped == set(LLAMA_TARGETS)
+    assert wrapped == set(LLAMA_LINEAR)
     trainable = [n for n, p in peft.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
@@ -103,11 +102,11 @@ def test_saved_adapter_reloads_with_the_same_outputs(tiny_dir: Path, tmp_path: P
     ]
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["peft_type"], config["task_type"], config["r"]) == ("LORA", "CAUSAL_LM", 4)
-    assert set(config["target_modules"]) == set(LLAMA_TARGETS)
+    assert set(config["target_modules"]) == set(LLAMA_LINEAR)
     assert config["base_model_name_or_path"] == str(tiny_dir)
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in weights)
-    assert load_train_config(out) == replace(CFG, target_modules=LLAMA_TARGETS)
+    assert load_train_config(out) == replace(CFG, target_modules=LLAMA_LINEAR)
 
     fresh, _ = load_base(resolve_base(str(tiny_dir)))
     reloaded = load_adapter(fresh, out)
