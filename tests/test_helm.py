@@ -110,7 +110,7 @@ def test_every_feature_has_a_ci_values_file() -> None:
     """The ci/ folder covers each optional feature of the chart."""
     names = {p.name.removesuffix("-values.yaml") for p in CI_VALUES}
     assert {"default", "secrets", "lorax", "trainer", "autoscaling", "spool-pvc"} <= names
-    assert {"monitoring", "routes", "student", "full"} <= names
+    assert {"monitoring", "routes", "student", "full", "trainer-gpus"} <= names
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
@@ -331,6 +331,78 @@ def test_one_off_training_job_is_kept_across_upgrades(chart: helm_python.Chart) 
     assert job["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+def trainer_pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pod specs of the one-off Job and of every CronJob."""
+    workloads = [*of_kind(objects, "Job", "trainer"), *of_kind(objects, "CronJob", "trainer")]
+    assert {w["kind"] for w in workloads} == {"Job", "CronJob"}
+    return [pod_spec(w) for w in workloads]
+
+
+def launch_flags(args: list[str]) -> dict[str, str]:
+    """The values of --nproc and --device among a trainer's arguments."""
+    return {a: args[i + 1] for i, a in enumerate(args) if a in ("--nproc", "--device")}
+
+
+def shm_volumes(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The volumes the trainer container mounts at /dev/shm."""
+    mounts = container(pod, "trainer")["volumeMounts"]
+    mounted = {m["name"] for m in mounts if m["mountPath"] == "/dev/shm"}
+    return [v for v in pod["volumes"] if v["name"] in mounted]
+
+
+def test_gpu_training_runs_one_process_per_gpu(chart: helm_python.Chart) -> None:
+    """With trainer.gpus the Job and CronJobs request and limit that many GPUs, launch as many
+    processes on CUDA, and mount a memory-backed /dev/shm."""
+    for pod in trainer_pods(render(chart, ci_values("trainer-gpus-values.yaml"))):
+        trainer = container(pod, "trainer")
+        assert launch_flags(trainer["args"]) == {"--nproc": "2", "--device": "cuda"}
+        resources = trainer["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 2
+        assert resources["limits"]["memory"] == "64Gi"
+        assert shm_volumes(pod) == [
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+        ]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_gpu_resource_name_is_settable(chart: helm_python.Chart) -> None:
+    """trainer.gpuResource names the extended resource the GPUs are requested as."""
+    values = ci_values("trainer-gpus-values.yaml")
+    values["trainer"] |= {
+        "gpuResource": "amd.com/gpu",
+        "resources": {"requests": {"nvidia.com/gpu": None}, "limits": {"nvidia.com/gpu": None}},
+    }
+    for pod in trainer_pods(render(chart, values)):
+        limits = container(pod, "trainer")["resources"]["limits"]
+        assert limits == {"memory": "64Gi", "amd.com/gpu": 2}
+
+
+def test_without_gpus_the_trainer_runs_as_before(chart: helm_python.Chart) -> None:
+    """With gpus 0 and nproc 1 the trainer gets no launch flags, no /dev/shm, and its resources
+    as written (without a GPU there: then the container names no GPU at all)."""
+    values = ci_values("trainer-values.yaml")
+    for pod in trainer_pods(render(chart, values)):
+        trainer = container(pod, "trainer")
+        assert launch_flags(trainer["args"]) == {} and shm_volumes(pod) == []
+        assert trainer["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 1}
+    no_gpu = {"requests": {"nvidia.com/gpu": None}, "limits": {"nvidia.com/gpu": None}}
+    values["trainer"] |= {"gpus": 0, "resources": no_gpu}
+    for pod in trainer_pods(render(chart, values)):
+        trainer = yaml.safe_dump(container(pod, "trainer"))
+        assert "nvidia.com/gpu" not in trainer and "--nproc" not in trainer
+
+
+def test_cpu_training_runs_nproc_processes(chart: helm_python.Chart) -> None:
+    """trainer.nproc above 1 launches that many CPU processes and requests no GPU."""
+    values = ci_values("trainer-values.yaml")
+    values["trainer"]["nproc"] = 2
+    for pod in trainer_pods(render(chart, values)):
+        trainer = container(pod, "trainer")
+        assert launch_flags(trainer["args"]) == {"--nproc": "2", "--device": "cpu"}
+        assert "nvidia.com/gpu" not in yaml.safe_dump(trainer["resources"])
+        assert shm_volumes(pod) == []
+
+
 # ---------------------------------------------------------------- monitoring objects
 
 
@@ -397,6 +469,9 @@ REJECTED = {
     "one-off-job-without-task": ({"trainer": {"job": {"enabled": True}}}, "/trainer/job/task"),
     "bad-task-name": ({"trainer": {"tasks": [{"name": "-x"}]}}, "/trainer/tasks/0/name"),
     "training-without-tasks": ({"trainer": {"enabled": True}}, "/trainer/tasks"),
+    "negative-gpus": ({"trainer": {"gpus": -1}}, "/trainer/gpus"),
+    "gpus-not-an-integer": ({"trainer": {"gpus": "2"}}, "/trainer/gpus"),
+    "no-processes": ({"trainer": {"nproc": 0}}, "/trainer/nproc"),
 }
 
 
@@ -419,6 +494,10 @@ REFUSED = {
         "exclusive",
     ),
     "lorax-without-s3": ({"lorax": {"enabled": True}, "store": {"uri": "file:///s"}}, "s3://"),
+    "nproc-with-gpus": (
+        {"trainer": {"gpus": 2, "nproc": 4}},
+        "trainer.nproc (4) and trainer.gpus (2) are exclusive",
+    ),
 }
 
 

@@ -179,6 +179,40 @@ the store's AWS settings when asked, then the extra ones:
 {{- if and $g.autoscaling.enabled (gt (int $g.autoscaling.minReplicas) (int $g.autoscaling.maxReplicas)) -}}
 {{- fail "gateway.autoscaling.minReplicas must not exceed maxReplicas" -}}
 {{- end -}}
+{{- $tr := .Values.trainer -}}
+{{- if and (ge (int $tr.gpus) 1) (gt (int $tr.nproc) 1) -}}
+{{- fail (printf "trainer.nproc (%d) and trainer.gpus (%d) are exclusive: with GPUs the trainer runs one process per GPU, so leave trainer.nproc at 1 (it is for CPU runs)" (int $tr.nproc) (int $tr.gpus)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The trainer container's resources as YAML. trainer.resources, except where the chart picks the
+device: with gpus >= 1, gpus of gpuResource requested and limited; with nproc > 1 on CPU, no
+gpuResource at all.
+*/}}
+{{- define "protege.trainerResources" -}}
+{{- $t := .Values.trainer -}}
+{{- $r := deepCopy (default dict $t.resources) -}}
+{{- $gpus := int $t.gpus -}}
+{{- $cpu := and (eq $gpus 0) (gt (int $t.nproc) 1) -}}
+{{- if or (ge $gpus 1) $cpu -}}
+{{- range $kind := list "requests" "limits" -}}
+{{- $amounts := default dict (get $r $kind) -}}
+{{- if $cpu -}}
+{{- $_ := unset $amounts $t.gpuResource -}}
+{{- else -}}
+{{- $_ := set $amounts $t.gpuResource $gpus -}}
+{{- end -}}
+{{- if $amounts -}}
+{{- $_ := set $r $kind $amounts -}}
+{{- else -}}
+{{- $_ := unset $r $kind -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $r -}}
+{{- toYaml $r -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -188,6 +222,7 @@ The trainer's pod spec, shared by the CronJobs and the one-off Job:
 {{- define "protege.trainerPodSpec" -}}
 {{- $v := .ctx.Values -}}
 {{- $t := $v.trainer -}}
+{{- $gpu := ge (int $t.gpus) 1 -}}
 restartPolicy: Never
 serviceAccountName: {{ include "protege.serviceAccountName" .ctx }}
 {{- with $v.imagePullSecrets }}
@@ -212,15 +247,27 @@ containers:
       - {{ include "protege.configPath" .ctx }}
       - --base-model
       - {{ $t.baseModel | quote }}
+      {{- /* Data-parallel runs: torchrun launches one process per GPU (NCCL), or nproc on CPU (gloo). */}}
+      {{- if $gpu }}
+      - --nproc
+      - {{ int $t.gpus | quote }}
+      - --device
+      - cuda
+      {{- else if gt (int $t.nproc) 1 }}
+      - --nproc
+      - {{ int $t.nproc | quote }}
+      - --device
+      - cpu
+      {{- end }}
       {{- range (concat $t.extraArgs .args) }}
       - {{ . | quote }}
       {{- end }}
     env:
       {{- $base := list (dict "name" "HOME" "value" "/work") (dict "name" "HF_HUB_OFFLINE" "value" "1") }}
       {{- include "protege.env" (dict "ctx" .ctx "store" true "extra" (concat $base $t.extraEnv)) | nindent 6 }}
-    {{- with $t.resources }}
+    {{- with include "protege.trainerResources" .ctx }}
     resources:
-      {{- toYaml . | nindent 6 }}
+      {{- . | nindent 6 }}
     {{- end }}
     volumeMounts:
       - name: config
@@ -233,6 +280,10 @@ containers:
         mountPath: /models
         readOnly: true
       {{- end }}
+      {{- if $gpu }}
+      - name: shm
+        mountPath: /dev/shm
+      {{- end }}
 volumes:
   - name: config
     configMap:
@@ -243,6 +294,13 @@ volumes:
   {{- with $t.modelVolume }}
   - name: models
     {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if $gpu }}
+  {{- /* NCCL and the data loader's workers outgrow a container's 64 MiB of shared memory. */}}
+  - name: shm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $t.shmSize }}
   {{- end }}
 {{- with $t.nodeSelector }}
 nodeSelector:
