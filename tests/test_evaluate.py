@@ -165,12 +165,20 @@ def _constant_result() -> EvalResult:
 
 
 def test_report_writes_markdown_and_valid_pngs(tmp_path: Path) -> None:
-    """The report, scores, loss and ablation plots are written; the PNGs are real images."""
+    """The report, scores, loss and sweep plots are written; the PNGs are real images."""
     result = _constant_result()
-    ablation = [
-        {"fraction": 0.5, "train_examples": 50, "test-indist": 0.6, "test-balanced": 0.4},
-        {"fraction": 0.1, "train_examples": 10, "test-indist": 0.3, "test-balanced": 0.2},
-    ]
+    sweep = {
+        "key": "data_fraction",
+        "kept": 1,
+        "rows": [
+            {"value": 0.1, "train_examples": 10,
+             "scores": {"test-indist": 0.3, "test-balanced": 0.2},
+             "train_s": 4.0, "tokens_per_s": 900.0, "peak_memory_gb": 0.5},
+            {"value": 1.0, "train_examples": 100,
+             "scores": {"test-indist": 0.6, "test-balanced": 0.4},
+             "train_s": 40.0, "tokens_per_s": 1000.0, "peak_memory_gb": 0.75},
+        ],
+    }  # fmt: skip
     loss = [(step, 2.0 / step) for step in range(1, 101)]
     path = write_report(
         result,
@@ -179,15 +187,17 @@ def test_report_writes_markdown_and_valid_pngs(tmp_path: Path) -> None:
         snapshot="20260101T000000Z-abcd1234",
         adapter_version="v3",
         loss_curve=loss,
-        ablation=ablation,
+        sweep=sweep,
     )
     assert path == tmp_path / "out" / "report.md"
-    for name in ("scores.png", "loss.png", "ablation.png"):
+    for name in ("scores.png", "loss.png", "sweep.png"):
         _assert_png(tmp_path / "out" / name)
     text = path.read_text()
     assert "# Evaluation: tickets" in text and "`v3`" in text
     assert "## Training loss" in text and "| 100 | 0.0200 |" in text
-    assert "## Data ablation" in text and "| 0.500 | 50 | 0.600 | 0.400 |" in text
+    assert "## Sweep: data_fraction" in text
+    assert "| 1.0 | 100 | 0.600 | 0.400 | 40.0 | 1,000 | 0.75 | kept |" in text
+    assert "Kept: `data_fraction=1.0` (run 2 of 2)" in text and "chosen on these same test" in text
 
 
 def test_report_shows_mistakes_readably(tmp_path: Path) -> None:
@@ -199,4 +209,4 @@ def test_report_shows_mistakes_readably(tmp_path: Path) -> None:
     assert "… (+" in text and "x" * 601 not in text
     assert "## Classes: test-balanced (student)" in text
     assert "| `bug` | 0 | 0 | 0 | 2 |" in text  # confusion row: every bug answer unreadable
-    assert not (tmp_path / "loss.png").exists() and not (tmp_path / "ablation.png").exists()
+    assert not (tmp_path / "loss.png").exists() and not (tmp_path / "sweep.png").exists()

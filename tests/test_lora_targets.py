@@ -193,7 +193,7 @@ def test_the_student_server_loads_the_adapter(arch: Arch, tokenizer: Any, tmp_pa
     tokenizer.save_pretrained(base_dir)
     peft, _ = train_and_save(arch, tokenizer, adapter_dir)
 
-    base, served_tokenizer = load_base(resolve_base(str(base_dir)))
+    base, served_tokenizer = load_base(resolve_base(str(base_dir)), dtype=torch.float32)
     model = with_placeholder(base)
     slots, adapter = AdapterSlots(model, 2), LocalAdapter("tiny/v1", adapter_dir)
     slots.activate(adapter)

@@ -10,7 +10,7 @@ import torch
 
 from trainer.batches import Encoded, collate, encode_all
 from trainer.config import TrainConfig
-from trainer.loop import TokenLoss, train
+from trainer.loop import train
 from trainer.memory import (
     GIB,
     Device,
@@ -20,9 +20,11 @@ from trainer.memory import (
     estimate,
     plan,
     row_length,
+    share_step,
 )
 from trainer.memory_facts import device_of, lengths_of, shape_of
 from trainer.model import attach_lora
+from trainer.step import TokenLoss
 from trainer.tiny import tiny_examples, tiny_model, tiny_tokenizer
 
 SMOLLM2 = Shape(
@@ -61,8 +63,43 @@ def test_row_length_follows_the_data_within_bounds(longest, cfg, context, row) -
 def test_ample_budget_keeps_the_configured_batch() -> None:
     """With room to spare, tokens per micro-batch and accumulation are the configuration's."""
     chosen = plan(SMOLLM2, CPU, 64 * GIB, SHORT, DEFAULTS)
-    assert (chosen.tokens_per_micro, chosen.accum, chosen.checkpointing) == (8192, 1, False)
+    assert (chosen.tokens_per_micro, chosen.accum, chosen.checkpointing) == (2048, 1, False)
     assert chosen.apply(DEFAULTS).seq_len == 128
+
+
+def test_a_device_past_its_efficient_size_accumulates_instead() -> None:
+    """Where a bigger micro-batch is no faster (CPU), the step is taken in efficient pieces:
+    the same tokens per optimizer step, a fraction of the memory."""
+    cpu = dataclasses.replace(CPU, efficient_tokens=2048)
+    cfg = TrainConfig(max_tokens_per_batch=8192)
+    chosen = plan(SMOLLM2, cpu, 64 * GIB, SHORT, cfg)
+    assert (chosen.tokens_per_micro, chosen.accum) == (2048, 4)
+    assert chosen.estimate.total < plan(SMOLLM2, CPU, 64 * GIB, SHORT, cfg).estimate.total
+
+
+@pytest.mark.parametrize(
+    ("tokens", "accum", "row", "ranks", "shared"),
+    [
+        (2048, 4, 128, 1, (2048, 4)),  # one rank: as planned
+        (2048, 4, 128, 2, (2048, 2)),  # micro-batches split among the ranks
+        (2048, 3, 128, 2, (2048, 2)),  # ...rounded up: a step never shrinks
+        (2048, 1, 128, 2, (1024, 1)),  # fewer micro-batches than ranks: each cut to a share
+        (2048, 1, 128, 3, (640, 1)),  # ...in whole rows
+        (256, 1, 256, 4, (256, 1)),  # never under one row
+    ],
+)
+def test_ranks_share_an_optimizer_step(tokens, accum, row, ranks, shared) -> None:  # type: ignore[no-untyped-def]
+    """N data-parallel ranks together take about the step one process would."""
+    assert share_step(tokens, accum, row, ranks) == shared
+
+
+def test_a_plan_for_ranks_counts_the_steps_micro_batches_over_all_of_them() -> None:
+    """``apply`` sets grad_accum_steps to the micro-batches of a step over every rank."""
+    cfg = TrainConfig(max_tokens_per_batch=2048, grad_accum_steps=4)
+    chosen = plan(SMOLLM2, CPU, 64 * GIB, SHORT, cfg, ranks=2)
+    assert (chosen.tokens_per_micro, chosen.accum, chosen.ranks) == (2048, 2, 2)
+    assert chosen.apply(cfg).grad_accum_steps == 4
+    assert "on each of 2 ranks" in chosen.describe(SMOLLM2, CPU)
 
 
 def test_tight_budget_trades_micro_batch_for_accumulation() -> None:
@@ -97,9 +134,9 @@ def test_impossible_budget_names_the_numbers() -> None:
 def test_cuda_without_materialized_scores_fits_more_than_cpu() -> None:
     """At the same budget, attention that keeps no scores leaves room for more tokens."""
     fp32_cuda = dataclasses.replace(CUDA, activation_bytes=4)
-    budget = _needs(4096, 1024)
-    cpu = plan(SMOLLM2, CPU, budget, LONG, DEFAULTS)
-    cuda = plan(SMOLLM2, fp32_cuda, budget, LONG, DEFAULTS)
+    budget, cfg = _needs(4096, 1024), TrainConfig(max_tokens_per_batch=16384)
+    cpu = plan(SMOLLM2, CPU, budget, LONG, cfg)
+    cuda = plan(SMOLLM2, fp32_cuda, budget, LONG, cfg)
     assert cuda.tokens_per_micro > cpu.tokens_per_micro
 
 
@@ -159,7 +196,8 @@ def test_a_budget_one_row_needs_checkpointing_for_trains_with_it() -> None:
     checkpointing on, trains in single-row micro-batches, and the LoRA weights still learn."""
     tokenizer = tiny_tokenizer()
     cfg = TrainConfig(
-        seq_len=128, max_tokens_per_batch=256, max_steps=3, lora_dropout=0.0, learning_rate=1e-2
+        seq_len=128, max_tokens_per_batch=256, max_steps=3, lora_dropout=0.0, learning_rate=1e-2,
+        bf16=False,
     )
     model = attach_lora(tiny_model(tokenizer), cfg)
     examples = tiny_examples(4)

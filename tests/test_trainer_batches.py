@@ -24,7 +24,7 @@ from trainer.batches import (
 )
 from trainer.config import TrainConfig
 from trainer.examples import Example
-from trainer.loop import TokenLoss
+from trainer.step import TokenLoss
 from trainer.tiny import tiny_examples, tiny_model, tiny_tokenizer
 
 COMPLETIONS = [

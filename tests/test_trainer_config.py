@@ -1,4 +1,4 @@
-"""TrainConfig: the JSON round trip saved beside adapters, and fail-fast validation."""
+"""TrainConfig: the JSON round trip saved beside adapters, fail-fast validation, and ``--set``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import pytest
 
 from core.errors import ConfigError
+from trainer.cli import train_config
 from trainer.config import TrainConfig
 
 
@@ -47,3 +48,32 @@ def test_bad_settings_fail_naming_the_key(data, message) -> None:  # type: ignor
     """An unknown key, a value out of range or of the wrong type fails with the key's name."""
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["learning_rate=2e-4"], TrainConfig(learning_rate=2e-4)),  # YAML reads 2e-4 as a str
+        (["epochs=2", "bf16=true", "lora_r=8"], TrainConfig(epochs=2.0, bf16=True, lora_r=8)),
+        (["lora_r=4", "lora_r=8"], TrainConfig(lora_r=8)),  # the last --set of a key wins
+    ],
+)
+def test_set_reads_yaml_scalars_as_the_setting_takes_them(
+    overrides: list[str], expected: TrainConfig
+) -> None:
+    """``--set KEY=VALUE`` values are YAML scalars; a float setting takes a number in any form."""
+    assert train_config(None, overrides) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learning_rate=fast"], "learning_rate must be a number, got 'fast'"),
+        (["lora_dropout=true"], "lora_dropout must be like 0.05, got True"),
+        (["epochs"], "--set 'epochs' must be KEY=VALUE"),
+    ],
+)
+def test_set_fails_naming_the_key(overrides: list[str], message: str) -> None:
+    """A value a setting cannot take, or an override without '=', fails naming it."""
+    with pytest.raises(ConfigError, match=message):
+        train_config(None, overrides)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.errors import ConfigError
+from protege.cli import main
 from trainer.batches import collate, encode_all
 from trainer.config import TrainConfig
 from trainer.loop import train
 from trainer.model import (
     SMOLLM2_GGUF,
     SMOLLM2_ID,
+    BaseRef,
     attach_lora,
+    check_quantize,
     load_adapter,
     load_base,
     load_train_config,
@@ -116,3 +122,44 @@ def test_saved_adapter_reloads_with_the_same_outputs(tiny_dir: Path, tmp_path: P
         expected = peft(**inputs).logits
         got = reloaded(**inputs).logits
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("device", "has_bnb", "gguf", "message"),
+    [
+        ("cpu", True, False, "needs a CUDA GPU; this run is on cpu"),
+        ("cuda", False, False, "needs the bitsandbytes package"),
+        ("cuda", True, True, "needs a Hugging Face model directory"),
+    ],
+)
+def test_qlora_is_refused_where_it_cannot_run(
+    device: str, has_bnb: bool, gguf: bool, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quantize=4bit needs CUDA, bitsandbytes and a safetensors base: each missing piece is
+    named before anything loads; quantize=none is never refused."""
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *rest: Any) -> Any:
+        if name == "bitsandbytes":
+            return object() if has_bnb else None
+        return real(name, *rest)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    ref = BaseRef("m", "/m", "m.gguf" if gguf else None)
+    with pytest.raises(ConfigError, match=message):
+        check_quantize("4bit", device, ref)
+    check_quantize("none", device, ref)
+
+
+def test_protege_train_refuses_qlora_on_cpu_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``protege train --set quantize=4bit --device cpu`` exits 2 with the reason, having read
+    no data (the store does not even exist)."""
+    code = main([
+        "train", "--task", "t", "--store", f"file://{tmp_path / 'none'}", "--device", "cpu",
+        "--set", "quantize=4bit", "--out", str(tmp_path / "run"),
+    ])  # fmt: skip
+    assert code == 2
+    assert "quantize=4bit (QLoRA) needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

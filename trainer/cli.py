@@ -27,11 +27,24 @@ def register(sub: Any) -> None:
     train = sub.add_parser("train", help="build -> LoRA -> eval -> publish for a task")
     _common(train)
     _model_args(train)
-    train.add_argument(
-        "--data-fractions", type=_fractions, default=(1.0,),
-        help="comma-separated shares of the data, e.g. 0.1,0.5,1: runs the size ablation",
+    sweep = train.add_mutually_exclusive_group()
+    sweep.add_argument(
+        "--sweep", action="append", metavar="KEY=V1,V2,...",
+        help="one run per value of one TrainConfig field, e.g. learning_rate=1e-4,2e-4; values "
+        "read like --set's and win over a --set of the same key; the run with the best mean "
+        "score over the test sets is kept (a tie: the later one)",
+    )
+    sweep.add_argument(
+        "--data-fractions", type=_fractions,
+        help="comma-separated shares of the data, e.g. 0.1,0.5,1: the size ablation, the same "
+        "as --sweep data_fraction=... in ascending order",
     )  # fmt: skip
     train.add_argument("--no-publish", action="store_true", help="stop after the report")
+    train.add_argument(
+        "--nproc", type=_positive, default=1, metavar="N",
+        help="data-parallel training in N processes on this machine, launched with torchrun: "
+        "one per GPU with --device cuda, else N CPU processes (default 1)",
+    )  # fmt: skip
     train.add_argument("--since", type=_when)
     train.add_argument("--until", type=_when)
     train.set_defaults(run=_train)
@@ -44,7 +57,9 @@ def register(sub: Any) -> None:
 
     pub = sub.add_parser("publish", help="publish a training run's adapter to the store")
     _common(pub)
-    pub.add_argument("--run", required=True, type=Path, help="the run directory of protege train")
+    # dest: ``run`` is the handler every subcommand sets (set_defaults) and main() calls.
+    pub.add_argument("--run", dest="run_dir", required=True, type=Path,
+                     help="the run directory of protege train")  # fmt: skip
     pub.set_defaults(run=_publish)
 
 
@@ -67,6 +82,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _when(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -103,6 +125,7 @@ def train_config(path: Path | None, overrides: list[str]) -> Any:
 
     from core.errors import ConfigError
     from trainer.config import TrainConfig
+    from trainer.sweep import as_setting
 
     fields: dict[str, Any] = {}
     if path is not None:
@@ -115,24 +138,29 @@ def train_config(path: Path | None, overrides: list[str]) -> Any:
         if not sep:
             raise ConfigError(f"config: --set {item!r} must be KEY=VALUE")
         fields[key.strip()] = yaml.safe_load(value)
-    defaults = TrainConfig()
-    for key, value in fields.items():
-        # YAML reads 2e-4 (no dot) as a string; a float setting takes it as the number it is.
-        if isinstance(getattr(defaults, key, None), float) and isinstance(value, str | int):
-            try:
-                fields[key] = float(value)
-            except ValueError as exc:
-                raise ConfigError(f"config: {key} must be a number, got {value!r}") from exc
-    return TrainConfig.from_dict(fields)
+    return TrainConfig.from_dict({key: as_setting(key, value) for key, value in fields.items()})
 
 
-def _options(args: argparse.Namespace, **extra: Any) -> Any:
+def _sweep(args: argparse.Namespace, config: Any) -> Any:
+    """The sweep asked for over ``config``: ``--sweep KEY=V1,...`` or ``--data-fractions``
+    (ascending); None for a single run. Every run's config is checked here, before any data."""
+    from core.errors import ConfigError
+    from trainer.sweep import parse_sweep, sweep_of
+
+    if args.data_fractions:
+        return sweep_of("data_fraction", sorted(args.data_fractions), config)
+    if not args.sweep:
+        return None
+    if len(args.sweep) > 1:
+        raise ConfigError(f"config: one --sweep per run, got {len(args.sweep)}")
+    return parse_sweep(args.sweep[0], config)
+
+
+def _options(args: argparse.Namespace, config: Any = None, **extra: Any) -> Any:
     from trainer.pipeline import RunOptions
 
     settings = _settings(args)
-    out = args.out or Path(".protege/runs") / args.task / datetime.now(UTC).strftime(
-        "%Y%m%dT%H%M%SZ"
-    )
+    out = args.out or _default_out(args.task)
     opts = RunOptions(
         task=args.task,
         store=settings.store,
@@ -140,7 +168,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> Any:
         base_model=args.base_model,
         dataset=args.dataset,
         curation=settings.trainer.curation(args.task),
-        config=train_config(args.train_config, args.set),
+        config=config if config is not None else train_config(args.train_config, args.set),
         **extra,
     )
     if args.device:
@@ -148,19 +176,61 @@ def _options(args: argparse.Namespace, **extra: Any) -> Any:
     return opts
 
 
+def _default_out(task: str) -> Path:
+    return Path(".protege/runs") / task / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 def _train(args: argparse.Namespace) -> int:
+    from core.errors import ConfigError
+    from trainer import distributed
+    from trainer.model import check_quantize
     from trainer.pipeline import BelowBaseline, run
 
+    config = train_config(args.train_config, args.set)
     opts = _options(
-        args, data_fractions=args.data_fractions, publish=not args.no_publish,
+        args, config=config, sweep=_sweep(args, config), publish=not args.no_publish,
         since=args.since, until=args.until,
     )  # fmt: skip
-    try:
-        run(opts)
-    except BelowBaseline as exc:
-        print(f"protege: not published: {exc}")
-        return 3
+    check_quantize(config.quantize, opts.device)  # before any data or model is loaded
+    if opts.sweep is not None and config.sharding == "fsdp":
+        raise ConfigError("config: sharding=fsdp trains one student a launch: drop --sweep")
+    if args.nproc > 1:
+        return _launch(args)
+    with distributed.joined(opts.device) as world:
+        opts.device = distributed.rank_device(opts.device, world)
+        if not world.main:
+            opts.say = _silent  # rank 0 speaks for the run
+        try:
+            run(opts)
+        except BelowBaseline as exc:
+            print(f"protege: not published: {exc}")
+            return 3
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``protege train`` again on ``--nproc`` ranks under torchrun; its exit status.
+
+    The run directory is fixed here, so every rank agrees on it; CPU threads are shared out
+    among the ranks unless OMP_NUM_THREADS says otherwise."""
+    import os
+    import subprocess
+
+    from core.errors import ConfigError
+    from trainer import distributed
+
+    if distributed.world_from_env(os.environ).distributed:
+        raise ConfigError("config: --nproc: this process is already one rank of a torchrun")
+    argv = list(args.argv)
+    if args.out is None:
+        argv += ["--out", str(_default_out(args.task))]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    return subprocess.run(distributed.launch_command(args.nproc, argv), env=env).returncode
+
+
+def _silent(_: str) -> None:
+    return None
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -174,7 +244,7 @@ def _publish(args: argparse.Namespace) -> int:
     from trainer.pipeline import BelowBaseline, publish_run
 
     try:
-        published = publish_run(args.run, _settings(args).store, args.task)
+        published = publish_run(args.run_dir, _settings(args).store, args.task)
     except BelowBaseline as exc:
         print(f"protege: not published: {exc}")
         return 3

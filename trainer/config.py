@@ -15,6 +15,8 @@ from typing import Any, Final
 from core.errors import ConfigError
 
 SCHEDULES: Final = ("cosine", "constant")
+QUANTIZE: Final = ("none", "4bit")
+SHARDING: Final = ("ddp", "fsdp")
 OVERLONG: Final = ("drop", "truncate_prompt")
 
 
@@ -29,7 +31,7 @@ class TrainConfig:
     target_modules: tuple[str, ...] = ()
 
     # --- optimisation ---
-    learning_rate: float = 2e-4  # peak learning rate, reached at the end of warm-up
+    learning_rate: float = 1e-3  # peak learning rate, reached at the end of warm-up
     min_lr_ratio: float = 0.1  # the cosine decays to learning_rate * min_lr_ratio
     schedule: str = "cosine"  # "cosine" decay after warm-up, or "constant"
     warmup_ratio: float = 0.03  # share of the optimizer steps spent warming up linearly...
@@ -40,12 +42,12 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 turns clipping off
 
     # --- length of the run ---
-    epochs: float = 3.0  # passes over the training set (fractions allowed)...
+    epochs: float = 1.0  # passes over the training set (fractions allowed)...
     max_steps: int = 0  # ...unless this is > 0: optimizer steps, whatever the epochs
 
     # --- batches ---
     seq_len: int = 1024  # longest row (packed or not) in tokens
-    max_tokens_per_batch: int = 8192  # micro-batch budget: rows x padded length <= this
+    max_tokens_per_batch: int = 2048  # micro-batch budget: rows x padded length <= this
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     packing: bool = True  # several examples per row, isolated by position ids and mask
     overlong: str = "drop"  # example longer than seq_len: "drop" it or "truncate_prompt"
@@ -57,8 +59,16 @@ class TrainConfig:
 
     # --- runtime ---
     seed: int = 0  # LoRA init, data order, dropout
-    bf16: bool | None = None  # bfloat16 autocast; None: on where CUDA supports it
+    # bfloat16 base weights and autocast; None: where the device computes bf16 natively (CUDA
+    # GPUs that support it, CPUs with AMX or AVX-512 BF16), float32 elsewhere.
+    bf16: bool | None = None
     compile: bool = False  # torch.compile the model (CUDA only; slow first steps)
+    # "4bit": QLoRA, the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), LoRA on top in
+    # full precision; the adapter loads on the full-precision base like any other.
+    quantize: str = "none"
+    # Over several ranks (protege train --nproc N, torchrun): "ddp" keeps the whole base on
+    # every rank; "fsdp" shards the decoder blocks over them, for bases one GPU cannot hold.
+    sharding: str = "ddp"
     log_every: int = 10  # optimizer steps between loss-curve points
 
     # --- evaluation ---
@@ -130,6 +140,8 @@ def _problems(cfg: TrainConfig) -> list[str]:
         ("max_tokens_per_batch", cfg.max_tokens_per_batch >= cfg.seq_len, "be >= seq_len"),
         ("grad_accum_steps", cfg.grad_accum_steps >= 1, "be >= 1"),
         ("overlong", cfg.overlong in OVERLONG, f"be one of {OVERLONG}"),
+        ("quantize", cfg.quantize in QUANTIZE, f"be one of {QUANTIZE}"),
+        ("sharding", cfg.sharding in SHARDING, f"be one of {SHARDING}"),
         ("data_fraction", 0.0 < cfg.data_fraction <= 1.0, "be in (0, 1]"),
         ("memory_budget_gb", cfg.memory_budget_gb >= 0, "be >= 0"),
         ("log_every", cfg.log_every >= 1, "be >= 1"),

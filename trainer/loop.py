@@ -2,8 +2,14 @@
 
 An optimizer step takes ``grad_accum_steps`` micro-batches; its loss is the mean over every
 labelled token of all of them (not a mean of micro-batch means), so accumulation gives the same
-update as one big batch. On CUDA the forward runs under bfloat16 autocast (``cfg.bf16``, on by
-default where supported) and, if ``cfg.compile``, through ``torch.compile``.
+update as one big batch. The forward runs under bfloat16 autocast where the device computes it
+natively (``cfg.bf16``) and, on CUDA if ``cfg.compile``, through ``torch.compile``.
+
+Data-parallel (``trainer.distributed``): every rank draws the same seeded stream of
+micro-batches; each optimizer step's are split among the ranks in order, each rank scales its
+loss by the step's labelled tokens over all ranks, and DDP (or FSDP, ``trainer.sharding``)
+averages the gradients, so N ranks take exactly the steps one process takes with the same
+micro-batches per step. How a step runs is ``trainer.step``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from typing import Any
 
 import structlog
 import torch
-import torch.nn.functional as F
 
-from trainer.batches import IGNORE, Batch, Encoded, collate, encode_all, epoch_plan, subsample
+from trainer import distributed
+from trainer.batches import Batch, Encoded, Plan, collate, encode_all, epoch_plan, subsample
 from trainer.config import TrainConfig
 from trainer.examples import Example
 from trainer.memory import plan
@@ -28,9 +34,14 @@ from trainer.memory_facts import (
     device_of,
     enable_checkpointing,
     lengths_of,
+    peak_bytes,
+    reset_peak,
     resident_bytes,
     shape_of,
 )
+from trainer.model import place
+from trainer.sharding import shard_blocks
+from trainer.step import Stepper, TokenLoss, use_bf16
 
 log = structlog.get_logger("trainer")
 
@@ -55,6 +66,7 @@ class TrainResult:
     dropped: int  # examples over seq_len, left out
     wall_s: float
     memory: dict[str, Any] = field(default_factory=dict)  # the memory plan trained with
+    peak_memory_bytes: int = 0  # measured: peak RSS on CPU, max allocated on CUDA
 
     @property
     def final_loss(self) -> float:
@@ -84,32 +96,43 @@ def train(
     """
     started = time.perf_counter()
     device = torch.device(device)
+    reset_peak(device)
+    world = distributed.current()
 
     # Data: the seeded share of the examples, tokenized; those over seq_len are left out.
     encoded, dropped = _encode(tokenizer, train_examples, cfg)
 
-    # Model: only what requires grad (the LoRA matrices) is optimized.
+    # Model: only what requires grad (the LoRA matrices) is optimized. A sharded base moves to
+    # the device only once sharded (trainer.sharding), so no device ever holds it whole.
     torch.manual_seed(cfg.seed)
-    model.to(device).train()
+    sharded = cfg.sharding == "fsdp" and world.distributed
+    model.train()
+    if not sharded:
+        place(model, device)
 
     # Memory: rows only as long as the data needs, and micro-batches, accumulation and
     # checkpointing that fit this machine, before the first step rather than an OOM kill.
-    cfg, memory = _fit_memory(model, encoded, cfg, device, say)
+    cfg, memory = _fit_memory(model, encoded, cfg, device, world, say, sharded)
+    shards = []
+    if sharded:
+        shards = shard_blocks(model, compute=torch.bfloat16 if use_bf16(cfg, device) else None)
+        place(model, device)
     encoded = [e for e in encoded if len(e) <= cfg.seq_len]  # only the base's context cuts
     total = total_steps(len(epoch_plan([len(e) for e in encoded], cfg, 0)), cfg)
-    run = _Run(model, cfg, device)
-    batches = _micro_batches(encoded, cfg, tokenizer.pad_token_id, run.varlen)
+    run = Stepper(model, cfg, device, world, shards)
+    steps = _steps(encoded, cfg, tokenizer.pad_token_id, run.varlen, world)
 
     # Loop: a step per grad_accum_steps micro-batches; a curve point every log_every steps.
     meter = _Meter(time.perf_counter())
     curve: list[LogPoint] = []
-    with _progress(total) as bar:
+    with _progress(total, show=world.main) as bar:
         for step in range(total):
             lr = lr_at(step, total, cfg)
-            meter.add(*run.step(list(itertools.islice(batches, cfg.grad_accum_steps)), lr))
+            meter.add(*run.step(*next(steps), lr))
             if step == 0 or (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 curve.append(meter.point(step + 1, lr, device))
-                _report(curve[-1], bar, on_log)
+                if world.main:
+                    _report(curve[-1], bar, on_log)
             if bar is not None:
                 bar.update(1)
     model.eval()
@@ -122,6 +145,7 @@ def train(
         dropped=dropped,
         wall_s=time.perf_counter() - started,
         memory=memory,
+        peak_memory_bytes=peak_bytes(device),
     )
 
 
@@ -144,112 +168,30 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - low)
 
 
-class TokenLoss:
-    """Cross-entropy of every next-token prediction of a causal LM, ``[rows, seq - 1]``.
-
-    Unlabelled positions get 0. For plain decoder + ``lm_head`` architectures the output layer
-    runs on the labelled positions only, which spares most of the ``tokens x vocab`` logits
-    (time on CPU, memory on GPU); others compute all logits. The mask is made additive where
-    the attention adds it (eager), and left out for flash attention (varlen batches).
-    """
-
-    _HEAD_ONLY_WHERE_LABELLED = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
-
-    def __init__(self, model: Any, *, compile: bool = False) -> None:
-        impl = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
-        self.varlen = impl.startswith("flash_attention")
-        self.float_mask = model.dtype if impl == "eager" else None
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.split = getattr(model.config, "model_type", None) in self._HEAD_ONLY_WHERE_LABELLED
-        self.body = base.model if self.split else model
-        self.head = base.lm_head if self.split else None
-        if compile:
-            self.body = torch.compile(self.body)
-
-    def __call__(self, batch: Batch, device: torch.device | str) -> torch.Tensor:
-        inputs = batch.inputs(device, float_mask=self.float_mask)
-        labels = batch.labels[:, 1:].to(device)
-        out = self.body(**inputs, use_cache=False)
-        if self.head is None:
-            logits = out.logits[:, :-1].float()
-            flat = F.cross_entropy(
-                logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
-            )
-            return flat.view(labels.shape)
-        keep = labels != IGNORE
-        logits = self.head(out.last_hidden_state[:, :-1][keep]).float()
-        losses = torch.zeros(labels.shape, dtype=logits.dtype, device=logits.device)
-        losses[keep] = F.cross_entropy(logits, labels[keep], reduction="none")
-        return losses
-
-
-class _Run:
-    """How a step runs here: the loss, bf16 autocast, accumulation, clipping, AdamW."""
-
-    def __init__(self, model: Any, cfg: TrainConfig, device: torch.device) -> None:
-        cuda = device.type == "cuda"
-        if cfg.compile and not cuda:
-            log.warning("compile is for CUDA only; running eagerly", device=str(device))
-        self.loss = TokenLoss(model, compile=cfg.compile and cuda)
-        self.varlen = self.loss.varlen
-        self.device = device
-        self.max_grad_norm = cfg.max_grad_norm
-        bf16 = _bf16(cfg, device)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            weight_decay=cfg.weight_decay,
-            fused=cuda,
-        )
-
-    def step(self, micro: list[Batch], lr: float) -> tuple[float, int, int]:
-        """One optimizer step over ``micro``; the loss sum, labelled and real tokens."""
-        labelled = sum(b.label_tokens for b in micro)
-        loss_sum = 0.0
-        for batch in micro:
-            with self.autocast:
-                total = self.loss(batch, self.device).sum()
-            torch.autograd.backward(total / max(1, labelled))
-            loss_sum += float(total.detach())
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum, labelled, sum(b.tokens for b in micro)
-
-
-def _bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether the forward runs under bfloat16 autocast (``cfg.bf16``; None: where supported)."""
-    if cfg.bf16 is not None:
-        return cfg.bf16
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
 def _fit_memory(
     model: Any,
     encoded: Sequence[Encoded],
     cfg: TrainConfig,
     device: torch.device,
+    world: distributed.World,
     say: Callable[[str], None] | None,
+    sharded: bool,
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """``cfg`` with the memory plan's batch shape applied (checkpointing switched on if it
-    says so), and the plan as a record; raises ``DoesNotFit`` naming the numbers."""
+    says so), and the plan as a record; raises ``DoesNotFit`` naming the numbers. Every rank
+    plans with the smallest rank's budget, so all take the same shape."""
     loss = TokenLoss(model)
     shape = shape_of(model, head_on_labelled_only=loss.head is not None)
     impl = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
-    bf16 = _bf16(cfg, device)
+    bf16 = use_bf16(cfg, device)
     where = device_of(device, attn_impl=impl, bf16=bf16, dtype_bytes=shape.dtype_bytes)
-    budget = budget_bytes(cfg, device, resident_bytes(model, device))
-    chosen = plan(shape, where, budget, lengths_of(encoded), cfg)
+    budget = budget_bytes(cfg, device, resident_bytes(model, device), world.local_size)
+    budget = distributed.smallest(budget, world)
+    chosen = plan(shape, where, budget, lengths_of(encoded), cfg, world.size, sharded)
     text = chosen.describe(shape, where)
-    if say is not None:
+    if world.main and say is not None:
         say(text)
-    else:
+    elif world.main:
         log.info("train.memory", plan=text)
     if chosen.checkpointing:
         enable_checkpointing(model)
@@ -257,6 +199,8 @@ def _fit_memory(
         "row_len": chosen.row_len,
         "tokens_per_micro_batch": chosen.tokens_per_micro,
         "grad_accum_steps": chosen.accum,
+        "ranks": chosen.ranks,
+        "sharded": chosen.sharded,
         "gradient_checkpointing": chosen.checkpointing,
         "estimate_bytes": chosen.estimate.total,
         "budget_bytes": chosen.budget,
@@ -307,18 +251,35 @@ def _encode(
     return encoded, dropped
 
 
-def _micro_batches(
-    encoded: Sequence[Encoded], cfg: TrainConfig, pad_id: int, varlen: bool
-) -> Iterator[Batch]:
-    """Micro-batches without end: epoch after epoch, each freshly shuffled and packed."""
+def _steps(
+    encoded: Sequence[Encoded],
+    cfg: TrainConfig,
+    pad_id: int,
+    varlen: bool,
+    world: distributed.World,
+) -> Iterator[tuple[list[Batch], int, int]]:
+    """Optimizer steps without end: this rank's share of each step's ``grad_accum_steps``
+    micro-batches, collated, and the labelled and real tokens of the whole step. Micro-batches
+    come epoch after epoch, each freshly shuffled and packed, the same on every rank."""
     lengths = [len(e) for e in encoded]
-    for epoch in itertools.count():
-        for batch in epoch_plan(lengths, cfg, epoch):
-            yield collate([[encoded[i] for i in row] for row in batch], pad_id, varlen=varlen)
+    labelled = [len(e) - e.prompt_len for e in encoded]
+    stream = itertools.chain.from_iterable(epoch_plan(lengths, cfg, e) for e in itertools.count())
+    share = cfg.grad_accum_steps // world.size
+    while True:
+        step: Plan = list(itertools.islice(stream, cfg.grad_accum_steps))
+        every = [i for batch in step for row in batch for i in row]
+        mine = step[world.rank * share : (world.rank + 1) * share]
+        yield (
+            [collate([[encoded[i] for i in r] for r in b], pad_id, varlen=varlen) for b in mine],
+            sum(labelled[i] for i in every),
+            sum(lengths[i] for i in every),
+        )
 
 
-def _progress(total: int) -> Any:
-    """A tqdm bar when tqdm is installed and stderr is a terminal, else a null context."""
+def _progress(total: int, *, show: bool) -> Any:
+    """A tqdm bar when shown, tqdm is installed and stderr is a terminal, else a null context."""
+    if not show:
+        return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm ships with transformers

@@ -6,6 +6,8 @@ The estimate, in bytes, for ``T`` tokens per micro-batch in rows of ``S`` tokens
 
     weights      params x dtype bytes                       (the frozen base)
     lora         lora params x 16                           (fp32 value, grad, two AdamW moments)
+                 sharded over N ranks (FSDP): the blocks' weights and the LoRA state / N, plus
+                 two whole blocks (the one running and the next, gathered ahead)
     activations  T x layers x a x (16 hidden + 5 intermediate)      kept for backward; with
                  gradient checkpointing T x a x (layers x hidden + one layer's full set)
     attention    T x S (the bool mask) + T x S x heads x a x layers where scores materialize
@@ -25,9 +27,10 @@ is about 2.3x the saved tensors, whatever the row length; on CUDA it is not meas
 Choices: rows only as long as the data needs (its longest example rounded up to 64 tokens, within
 ``seq_len`` and the base's context: on CPU attention costs S² per row, so packing 80-token
 examples into 1,024-token rows pays for nothing); as many tokens per micro-batch as
-``max_tokens_per_batch`` asks and the budget allows; gradient accumulation raised so that tokens
-per optimizer step stay ``max_tokens_per_batch x grad_accum_steps``; gradient checkpointing only
-when one row would not fit without it.
+``max_tokens_per_batch`` asks, the budget allows and the device turns into speed (on CPU a step
+of 2,048 tokens is no slower per token than one of 4,096, and takes half the memory); gradient
+accumulation raised so that tokens per optimizer step stay ``max_tokens_per_batch x
+grad_accum_steps``; gradient checkpointing only when one row would not fit without it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Shape:
     dtype_bytes: int  # bytes per base weight
     lora_params: int  # trainable parameters
     head_on_labelled_only: bool  # the loss runs the output layer on labelled tokens only
+    block_params: int = 0  # frozen parameters of one decoder block (what FSDP shards)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Device:
     materializes_scores: bool  # attention keeps rows x heads x S² scores (eager attention)
     activation_bytes: int  # 4 for fp32, 2 under bf16 autocast
     peak_factor: float = 1.0  # a step's peak over the tensors autograd keeps
+    efficient_tokens: int = 0  # tokens per micro-batch past which a step is no faster; 0: none
 
 
 @dataclass(frozen=True)
@@ -121,14 +126,17 @@ class MemoryPlan:
     checkpointing: bool  # gradient checkpointing on
     estimate: Estimate  # at these settings
     budget: int  # bytes
+    ranks: int = 1  # data-parallel processes sharing each optimizer step
+    sharded: bool = False  # decoder blocks and LoRA state sharded over the ranks (FSDP)
 
     def apply(self, cfg: TrainConfig) -> TrainConfig:
-        """``cfg`` with the plan's row length, micro-batch and accumulation."""
+        """``cfg`` with the plan's row length, micro-batch and accumulation (``grad_accum_steps``
+        counts the micro-batches of a step over all ranks)."""
         return replace(
             cfg,
             seq_len=self.row_len,
             max_tokens_per_batch=self.tokens_per_micro,
-            grad_accum_steps=self.accum,
+            grad_accum_steps=self.accum * self.ranks,
         )
 
     def describe(self, shape: Shape, device: Device) -> str:
@@ -138,15 +146,19 @@ class MemoryPlan:
                 f"[memory] {shape.name} on {device.kind}: budget {self.budget / GIB:.1f} GiB",
                 f"[memory] {self.estimate.describe()}",
                 f"[memory] rows of {self.row_len} tokens, {self.tokens_per_micro} tokens per "
-                f"micro-batch x {self.accum} accumulated, gradient checkpointing "
+                f"micro-batch x {self.accum} accumulated"
+                + (f" on each of {self.ranks} ranks" if self.ranks > 1 else "")
+                + (" (blocks sharded)" if self.sharded else "")
+                + ", gradient checkpointing "
                 + ("on" if self.checkpointing else "off"),
             ]
         )
 
 
 def estimate(shape: Shape, device: Device, tokens: int, row_len: int, share: float,
-             checkpointing: bool) -> Estimate:  # fmt: skip
-    """Peak bytes of a step with ``tokens`` per micro-batch in rows of ``row_len``."""
+             checkpointing: bool, shards: int = 1) -> Estimate:  # fmt: skip
+    """Peak bytes of a step with ``tokens`` per micro-batch in rows of ``row_len``, the blocks
+    sharded over ``shards`` ranks."""
     a = device.activation_bytes
     per_layer = a * (HIDDEN_COPIES * shape.hidden + INTERMEDIATE_COPIES * shape.intermediate)
     scores = row_len * shape.heads * a if device.materializes_scores else 0
@@ -160,9 +172,11 @@ def estimate(shape: Shape, device: Device, tokens: int, row_len: int, share: flo
         logits = math.ceil(tokens * share) * shape.vocab * LOGIT_BYTES
     else:
         logits = tokens * shape.vocab * (a + LOGIT_BYTES)
+    blocks = shape.layers * shape.block_params if shards > 1 else 0
+    gathered = 2 * shape.block_params if shards > 1 else 0
     return Estimate(
-        weights=shape.params * shape.dtype_bytes,
-        lora=shape.lora_params * LORA_BYTES_PER_PARAM,
+        weights=(shape.params - blocks + math.ceil(blocks / shards) + gathered) * shape.dtype_bytes,
+        lora=math.ceil(shape.lora_params * LORA_BYTES_PER_PARAM / shards),
         activations=activations,
         attention=attention,
         logits=logits,
@@ -177,36 +191,62 @@ def row_length(longest: int, cfg: TrainConfig, context: int) -> int:
 
 
 def plan(
-    shape: Shape, device: Device, budget: int, lengths: Lengths, cfg: TrainConfig
+    shape: Shape,
+    device: Device,
+    budget: int,
+    lengths: Lengths,
+    cfg: TrainConfig,
+    ranks: int = 1,
+    sharded: bool = False,
 ) -> MemoryPlan:
-    """Row length, tokens per micro-batch, accumulation and checkpointing that fit ``budget``.
+    """Row length, tokens per micro-batch, accumulation and checkpointing that fit ``budget``
+    (each rank's), the tokens of an optimizer step shared by ``ranks`` data-parallel ranks,
+    the decoder blocks ``sharded`` over them or not.
 
     Raises ``DoesNotFit`` when one row does not fit even with gradient checkpointing.
     """
     row = row_length(lengths.longest, cfg, shape.context)
     share = lengths.label_share
+    shards = ranks if sharded else 1
 
     def rows_that_fit(checkpointing: bool) -> int:
-        fixed = estimate(shape, device, 0, row, share, checkpointing).total
-        per_row = estimate(shape, device, row, row, share, checkpointing).total - fixed
+        fixed = estimate(shape, device, 0, row, share, checkpointing, shards).total
+        per_row = estimate(shape, device, row, row, share, checkpointing, shards).total - fixed
         return max(0, (budget - fixed) // max(1, per_row))
 
     checkpointing = rows_that_fit(False) < 1
     fit = rows_that_fit(checkpointing)
     if fit < 1:
-        needed = estimate(shape, device, row, row, share, True).total
+        needed = estimate(shape, device, row, row, share, True, shards).total
         raise DoesNotFit(needed, budget, row, shape.name)
     asked = cfg.max_tokens_per_batch * cfg.grad_accum_steps
-    if fit * row >= cfg.max_tokens_per_batch:
+    cap = fit * row
+    if device.efficient_tokens:
+        cap = min(cap, max(row, device.efficient_tokens // row * row))
+    if cap >= cfg.max_tokens_per_batch:
         tokens, accum = max(row, cfg.max_tokens_per_batch), cfg.grad_accum_steps
     else:
-        tokens = fit * row
+        tokens = cap
         accum = math.ceil(asked / tokens)
+    tokens, accum = share_step(tokens, accum, row, ranks)
     return MemoryPlan(
         row_len=row,
         tokens_per_micro=tokens,
         accum=accum,
         checkpointing=checkpointing,
-        estimate=estimate(shape, device, tokens, row, share, checkpointing),
+        estimate=estimate(shape, device, tokens, row, share, checkpointing, shards),
         budget=budget,
+        ranks=ranks,
+        sharded=shards > 1,
     )
+
+
+def share_step(tokens: int, accum: int, row: int, ranks: int) -> tuple[int, int]:
+    """Micro-batch tokens and micro-batches per rank so that ``ranks`` ranks together take a
+    step of about ``tokens x accum`` tokens: the micro-batches split among the ranks, or when
+    there are fewer micro-batches than ranks, each micro-batch cut to a share (whole rows)."""
+    if ranks <= 1:
+        return tokens, accum
+    if accum >= ranks:
+        return tokens, math.ceil(accum / ranks)
+    return max(row, tokens * accum // ranks // row * row), 1

@@ -1,9 +1,10 @@
 """``protege train``: dataset → LoRA → evaluation against the naive baseline → publication.
 
-Reads top to bottom: data, model and baseline, training (one run per data fraction for the
-size ablation), evaluation, report, publication. Everything a run produced lands in its run
-directory (adapter, report, plots, ``run.json``), so ``protege publish --run DIR`` can publish
-it later exactly as it was judged.
+Reads top to bottom: data, model and baseline, training and evaluation (one run, or one per
+value of a swept setting, ``trainer.sweep``), report, publication. Everything a run produced
+lands in its run directory (adapter, report, plots, ``run.json``; for a sweep also
+``sweep.json`` and every run's adapter under ``sweep/``), so ``protege publish --run DIR`` can
+publish it later exactly as it was judged.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,16 +22,28 @@ from typing import Any
 import orjson
 import torch
 
+from trainer import distributed
 from trainer.config import TrainConfig
 from trainer.dataset import build_snapshot, load_snapshot
 from trainer.evaluate import EvalResult, evaluate
 from trainer.examples import TEST_SPLITS, Example
 from trainer.generate import generate
 from trainer.loop import TrainResult, train
-from trainer.model import as_trained, attach_lora, load_base, resolve_base, save_adapter
+from trainer.model import (
+    as_trained,
+    attach_lora,
+    default_dtype,
+    load_adapter,
+    load_base,
+    place,
+    resolve_base,
+    save_adapter,
+)
 from trainer.publish import Published, publish, reference_profile
 from trainer.report import write_report
 from trainer.settings import CurationConfig
+from trainer.sharding import full_lora_state
+from trainer.sweep import SWEEP_DIR, SWEEP_FILE, Sweep, kept_run, sweep_row, sweep_table
 
 RUN_FILE = "run.json"
 BASELINE = "base (zero-shot)"
@@ -49,7 +63,7 @@ class RunOptions:
     dataset: str | None = None  # a snapshot id; None builds a new one from the logs
     curation: CurationConfig = field(default_factory=CurationConfig)
     config: TrainConfig = field(default_factory=TrainConfig)
-    data_fractions: Sequence[float] = (1.0,)
+    sweep: Sweep | None = None  # one run per value of one setting; None: one run of config
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     publish: bool = True
     since: datetime | None = None
@@ -64,15 +78,20 @@ class RunResult:
     report: Path
     evaluation: EvalResult
     training: TrainResult
-    ablation: list[dict[str, Any]]
+    sweep: dict[str, Any] | None  # sweep.json's content; None for a single run
     published: Published | None
 
 
-def run(opts: RunOptions) -> RunResult:
-    opts.out_dir.mkdir(parents=True, exist_ok=True)
+def run(opts: RunOptions) -> RunResult | None:
+    """The whole run. Under data-parallel training (``trainer.distributed``) every rank loads
+    the data and the base and trains; rank 0 alone builds the snapshot, evaluates, writes and
+    publishes, and the other ranks return None once trained."""
+    world = distributed.current()
+    if world.main:
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
 
     # Data: a fresh snapshot of the task's logs, or the one asked for.
-    snapshot, splits = _data(opts)
+    snapshot, splits = _data(opts, world)
     train_set, tests = splits["train"], {name: splits[name] for name in TEST_SPLITS}
     sizes = ", ".join(f"{len(v)} {k}" for k, v in tests.items())
     opts.say(f"[data] snapshot {snapshot}: {len(train_set)} train, {sizes}")
@@ -81,72 +100,179 @@ def run(opts: RunOptions) -> RunResult:
 
     # Model: the base, loaded once. The naive baseline is that base answering zero-shot; its
     # (greedy, deterministic) answers are computed once, before any adapter touches the base.
+    # A base to be sharded over the ranks is read into host memory and sharded from there.
     ref = resolve_base(opts.base_model)
-    opts.say(f"[model] {ref.model_id} on {opts.device}")
-    base, tokenizer = load_base(ref, device=opts.device)
-    max_new = _answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
-    baseline = _cached(_predictor(base, tokenizer, max_new, opts.config), tests)
-
-    # Training: one run per data fraction; the last (largest) student is the one kept.
-    ablation: list[dict[str, Any]] = []
-    student: Any = None
-    for fraction in sorted(opts.data_fractions):
-        cfg = replace(opts.config, data_fraction=fraction)
-        if student is not None:
-            base = student.unload()  # the bare base again, for a fresh adapter
-        student = attach_lora(base, cfg)
-        opts.say(f"[train] {fraction:g} of the data, LoRA r={cfg.lora_r}")
-        training = train(student, tokenizer, train_set, cfg, device=opts.device, say=opts.say)
-        opts.say(
-            f"[train] {training.steps} steps on {training.examples} examples, loss "
-            f"{training.curve[0].loss:.3f} -> {training.final_loss:.3f}, "
-            f"{training.tokens_per_s:,.0f} tokens/s"
-        )
-        predictors = {"student": _predictor(student, tokenizer, max_new, cfg), BASELINE: baseline}
-        evaluation = evaluate(tests, predictors, label_rule=opts.curation.label)
-        ablation.append(_ablation_row(fraction, training, evaluation))
-        opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
-
-    # Report: adapter, report with plots, run.json (the manifest publication uses).
-    adapter_dir = save_adapter(student, opts.out_dir / "adapter", config=cfg)
-    report = write_report(
-        evaluation, opts.out_dir, task=opts.task, snapshot=snapshot,
-        loss_curve=[(p.step, p.loss) for p in training.curve],
-        ablation=ablation if len(ablation) > 1 else None,
+    sharded = opts.config.sharding == "fsdp" and world.distributed
+    opts.say(f"[model] {ref.model_id} on {opts.device}" + (" (sharded)" if sharded else ""))
+    base, tokenizer = load_base(
+        ref, dtype=default_dtype(opts.device, opts.config.bf16),
+        device="cpu" if sharded else opts.device, quantize=opts.config.quantize,
     )  # fmt: skip
-    trained = as_trained(student, cfg)
-    manifest = _manifest(ref.model_id, snapshot, trained, training, evaluation, ablation)
+    max_new = _answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
+    baseline = None  # ranks other than 0 do not evaluate; a sharded run evaluates afterwards
+    if world.main and not sharded:
+        baseline = _cached(_predictor(base, tokenizer, max_new, opts.config), tests)
+
+    # Training: one run, or one per value of the swept setting on the same base and test sets;
+    # the kept run is the one with the best mean headline over the test sets (trainer.sweep).
+    bench = _Bench(tokenizer, train_set, tests, baseline)
+    trials = [t for t in _train_runs(opts, base, bench) if t is not None]
+    if not world.main:
+        return None
+    sweep = _sweep_record(opts, trials)
+    kept = trials[sweep["kept"]] if sweep else trials[0]
+    adapter_dir = opts.out_dir / "adapter"
+    if sweep:
+        _replace_dir(kept.adapter, adapter_dir)
+        (opts.out_dir / SWEEP_FILE).write_bytes(orjson.dumps(sweep, option=orjson.OPT_INDENT_2))
+        opts.say(sweep_table(sweep))
+
+    # Report: report with plots, run.json (the manifest publication uses) of the kept run.
+    report = write_report(
+        kept.evaluation, opts.out_dir, task=opts.task, snapshot=snapshot,
+        loss_curve=[(p.step, p.loss) for p in kept.training.curve], sweep=sweep,
+    )  # fmt: skip
+    manifest = _manifest(ref.model_id, snapshot, kept, sweep)
     manifest["prompt_template"] = tokenizer.chat_template
     manifest["input_profile"] = reference_profile(train_set)
     (opts.out_dir / RUN_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    if len(ablation) > 1:
-        opts.say(ablation_table(ablation))
     opts.say(f"[report] {report}")
 
     # Publication: only an adapter that beats the naive baseline.
     published = publish_run(opts.out_dir, opts.store, opts.task) if opts.publish else None
     if published is not None:
         opts.say(f"[publish] {published.uri}")
-    return RunResult(snapshot, adapter_dir, report, evaluation, training, ablation, published)
+    return RunResult(
+        snapshot, adapter_dir, report, kept.evaluation, kept.training, sweep, published
+    )
+
+
+@dataclass(frozen=True)
+class _Bench:
+    """What every run of a sweep shares: the tokenizer, the data and the baseline's answers."""
+
+    tokenizer: Any
+    train_set: list[Example]
+    tests: dict[str, list[Example]]
+    baseline: Predictor | None  # None on ranks that do not evaluate
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """One training run: its config (LoRA layers named), results and saved adapter."""
+
+    config: TrainConfig
+    training: TrainResult
+    evaluation: EvalResult
+    adapter: Path
+
+
+def _train_runs(opts: RunOptions, base: Any, bench: _Bench) -> list[_Trial | None]:
+    """Train and evaluate each run in turn on ``base``, saving each adapter once evaluated, so
+    memory holds one student at a time: a sweep's runs go to ``sweep/<KEY>=<value>/adapter``,
+    a single run straight to ``adapter``."""
+    sweep = opts.sweep
+    configs = sweep.configs if sweep else (opts.config,)
+    trials: list[_Trial | None] = []
+    student: Any = None
+    for index, cfg in enumerate(configs):
+        if student is not None:
+            base = student.unload()  # the bare base again, for a fresh adapter
+        student = attach_lora(base, cfg)
+        named = f"{sweep.name(index)} ({index + 1}/{len(configs)}), " if sweep else ""
+        opts.say(f"[train] {named}LoRA r={cfg.lora_r}")
+        folder = opts.out_dir / SWEEP_DIR / sweep.name(index) if sweep else opts.out_dir
+        trials.append(_train_one(opts, student, bench, cfg, folder / "adapter"))
+    return trials
+
+
+def _train_one(
+    opts: RunOptions, student: Any, bench: _Bench, cfg: TrainConfig, adapter: Path
+) -> _Trial | None:
+    """Train ``student`` with ``cfg``, evaluate it against the baseline on the test sets, and
+    save its adapter to ``adapter`` (only training, on a rank that does not evaluate)."""
+    tok = bench.tokenizer
+    training = train(student, tok, bench.train_set, cfg, device=opts.device, say=opts.say)
+    if training.memory.get("sharded"):
+        return _sharded_trial(opts, student, bench, cfg, adapter, training)
+    if bench.baseline is None:
+        return None
+    opts.say(
+        f"[train] {training.steps} steps on {training.examples} examples, loss "
+        f"{training.curve[0].loss:.3f} -> {training.final_loss:.3f}, "
+        f"{training.tokens_per_s:,.0f} tokens/s"
+    )
+    max_new = _answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
+    predictors = {"student": _predictor(student, tok, max_new, cfg), BASELINE: bench.baseline}
+    evaluation = evaluate(bench.tests, predictors, label_rule=opts.curation.label)
+    opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
+    save_adapter(student, adapter, config=cfg)
+    return _Trial(as_trained(student, cfg), training, evaluation, adapter)
+
+
+def _sharded_trial(
+    opts: RunOptions,
+    student: Any,
+    bench: _Bench,
+    cfg: TrainConfig,
+    adapter: Path,
+    training: TrainResult,
+) -> _Trial | None:
+    """A student trained sharded: its LoRA weights gathered whole (a collective: every rank),
+    saved by rank 0, which then evaluates the saved adapter on a whole base of its own, spread
+    over the machine's GPUs, against that base's zero-shot answers."""
+    state = full_lora_state(student)
+    if not distributed.current().main:
+        return None
+    save_adapter(student, adapter, config=cfg, state_dict=state)
+    trained = as_trained(student, cfg)
+    place(student, "cpu")  # this rank's shards off the device, for the whole base
+    dtype = default_dtype(opts.device, cfg.bf16)
+    base, tok = load_base(resolve_base(opts.base_model), dtype=dtype, device=opts.device,
+                          spread=True)  # fmt: skip
+    max_new = _answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
+    baseline = _cached(_predictor(base, tok, max_new, cfg), bench.tests)
+    whole = load_adapter(base, adapter)
+    predictors = {"student": _predictor(whole, tok, max_new, cfg), BASELINE: baseline}
+    evaluation = evaluate(bench.tests, predictors, label_rule=opts.curation.label)
+    opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
+    return _Trial(trained, training, evaluation, adapter)
+
+
+def _sweep_record(opts: RunOptions, trials: list[_Trial]) -> dict[str, Any] | None:
+    """``sweep.json``'s content (``key``, ``kept``, ``rows``); None without a sweep."""
+    if opts.sweep is None:
+        return None
+    rows = [
+        sweep_row(value, t.training, _headline(t.evaluation), _relative(t.adapter, opts.out_dir))
+        for value, t in zip(opts.sweep.values, trials, strict=True)
+    ]
+    return {"key": opts.sweep.key, "kept": kept_run(rows), "rows": rows}
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``source`` (nothing of an earlier run left in it)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
 
 
 def _manifest(
-    base_model: str,
-    snapshot: str,
-    cfg: TrainConfig,
-    training: TrainResult,
-    evaluation: EvalResult,
-    ablation: list[dict[str, Any]],
+    base_model: str, snapshot: str, kept: _Trial, sweep: dict[str, Any] | None
 ) -> dict[str, Any]:
     """What ``protege.json`` says about a run (prompt template and profile are added)."""
     return {
         "base_model": base_model,
         "dataset_snapshot": snapshot,
-        "hyperparameters": cfg.to_dict(),
-        "training": {k: v for k, v in training.to_dict().items() if k != "curve"},
-        "metrics": evaluation.to_dict(),
-        "beats_baseline": evaluation.student_beats_baseline,
-        "ablation": ablation,
+        "hyperparameters": kept.config.to_dict(),
+        "training": {k: v for k, v in kept.training.to_dict().items() if k != "curve"},
+        "metrics": kept.evaluation.to_dict(),
+        "beats_baseline": kept.evaluation.student_beats_baseline,
+        "sweep": sweep,
         "environment": {"torch": torch.__version__, "python": platform.python_version()},
         "trained": datetime.now(UTC).isoformat(),
     }
@@ -163,8 +289,9 @@ def publish_run(run_dir: Path, store: str, task: str) -> Published:
     return asyncio.run(publish(store, task, run_dir / "adapter", manifest))
 
 
-def _data(opts: RunOptions) -> tuple[str, dict[str, list[Example]]]:
-    if opts.dataset is None:
+def _data(opts: RunOptions, world: distributed.World) -> tuple[str, dict[str, list[Example]]]:
+    """The snapshot's splits: the one asked for, or one rank 0 builds now for every rank."""
+    if opts.dataset is None and world.main:
         card = asyncio.run(
             build_snapshot(
                 opts.store, opts.task, opts.curation, since=opts.since, until=opts.until,
@@ -175,6 +302,7 @@ def _data(opts: RunOptions) -> tuple[str, dict[str, list[Example]]]:
         snapshot: str | None = card.snapshot
     else:
         snapshot = opts.dataset
+    snapshot = distributed.broadcast(snapshot, world)
     found, splits, _ = asyncio.run(load_snapshot(opts.store, opts.task, snapshot))
     return found, splits
 
@@ -220,20 +348,6 @@ def _headline(evaluation: EvalResult) -> dict[str, float]:
     }
 
 
-def _ablation_row(fraction: float, training: TrainResult, ev: EvalResult) -> dict[str, Any]:
-    return {"fraction": fraction, "train_examples": training.examples, **_headline(ev)}
-
-
-def ablation_table(rows: list[dict[str, Any]]) -> str:
-    """The dataset-size ablation as a plain-text table."""
-    sets = [k for k in rows[0] if k not in ("fraction", "train_examples")]
-    lines = ["fraction  examples  " + "  ".join(f"{s:>14}" for s in sets)]
-    for row in rows:
-        scores = "  ".join(f"{row.get(s, float('nan')):>14.3f}" for s in sets)
-        lines.append(f"{row['fraction']:>8g}  {row['train_examples']:>8}  {scores}")
-    return "\n".join(lines)
-
-
 def evaluate_adapter(opts: RunOptions, adapter: str) -> tuple[EvalResult, Path]:
     """``protege eval``: an adapter (a directory, or a published version) against the baseline
     on the snapshot's test sets; writes the report into ``opts.out_dir``."""
@@ -248,7 +362,11 @@ def evaluate_adapter(opts: RunOptions, adapter: str) -> tuple[EvalResult, Path]:
         folder = asyncio.run(
             download_adapter(opts.store, opts.task, adapter, opts.out_dir / "adapter")
         )
-    base, tokenizer = load_base(resolve_base(opts.base_model), device=opts.device)
+    base, tokenizer = load_base(
+        resolve_base(opts.base_model),
+        dtype=default_dtype(opts.device, opts.config.bf16),
+        device=opts.device,
+    )
     max_new = _answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
     baseline = _cached(_predictor(base, tokenizer, max_new, opts.config), tests)
     student = load_adapter(base, folder).to(opts.device)

@@ -3,10 +3,10 @@
 ``write_report`` writes into one folder::
 
     report.md      headline student vs baselines, every metric, per-class or per-field tables,
-                   the student's worst mistakes, the loss curve and the data ablation
+                   the student's worst mistakes, the loss curve and the sweep
     scores.png     headline per test set, grouped bars per predictor
     loss.png       training loss by step (when a loss curve is given)
-    ablation.png   headline by share of training data (when an ablation is given)
+    sweep.png      headline per test set by value of the swept setting (when a sweep is given)
 
 Plots are drawn on matplotlib's Agg canvas directly: no display, no pyplot global state.
 """
@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from trainer.evaluate import EvalResult
 from trainer.metrics import ExampleRecord, SetScores
+from trainer.sweep import shown
 
 # Longest prompt, reference or prediction shown for one mistake.
 SHOWN_CHARS: Final = 600
@@ -38,17 +39,18 @@ def write_report(
     snapshot: str,
     adapter_version: str | None = None,
     loss_curve: list[tuple[int, float]] | None = None,
-    ablation: list[dict[str, Any]] | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; return the report's path.
 
-    ``ablation`` rows hold ``fraction`` (share of the training data used) and the headline per
-    test set under the set's name; any other keys are shown in the table only, e.g.
-    ``{"fraction": 0.25, "train_examples": 240, "test-indist": 0.81, "test-balanced": 0.77}``.
+    ``sweep`` is ``sweep.json``'s content (``trainer.sweep``): the swept ``key``, the index of
+    the ``kept`` run (the one ``result`` evaluates) and a row per run with its ``value``, the
+    headline per test set under ``scores``, ``train_examples``, ``train_s``, ``tokens_per_s``
+    and ``peak_memory_gb``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [
-        _summary(result, task, snapshot, adapter_version),
+        _summary(result, task, snapshot, adapter_version, sweep),
         _metrics_section(result),
         *(_set_details(result, name) for name in result.scores),
         _mistakes_section(result),
@@ -57,17 +59,17 @@ def write_report(
     if loss_curve:
         plot_loss(loss_curve, out_dir / "loss.png")
         sections.append(_loss_section(loss_curve))
-    if ablation:
-        plot_ablation(
-            ablation, list(result.scores), result.headline_metric, out_dir / "ablation.png"
-        )
-        sections.append(_ablation_section(ablation))
+    if sweep:
+        plot_sweep(sweep, list(result.scores), result.headline_metric, out_dir / "sweep.png")
+        sections.append(_sweep_section(sweep))
     path = out_dir / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
     return path
 
 
-def _summary(result: EvalResult, task: str, snapshot: str, version: str | None) -> str:
+def _summary(
+    result: EvalResult, task: str, snapshot: str, version: str | None, sweep: dict[str, Any] | None
+) -> str:
     verdict = "yes" if result.student_beats_baseline else "**no**"
     header = ["test set", "n", *result.models, "student - best baseline"]
     rows = []
@@ -83,7 +85,7 @@ def _summary(result: EvalResult, task: str, snapshot: str, version: str | None) 
             f"- dataset snapshot: `{snapshot}`\n- adapter version: `{version or 'unpublished'}`\n"
             f"- task kind: {result.kind}; headline metric: `{result.headline_metric}`\n"
             f"- student `{result.student}` at least as good as every baseline on every "
-            f"non-empty test set: {verdict}",
+            f"non-empty test set: {verdict}" + (f"\n{_kept_line(sweep)}" if sweep else ""),
             "## Headline",
             _table(header, rows),
             "![headline per test set](scores.png)",
@@ -167,10 +169,40 @@ def _loss_section(curve: list[tuple[int, float]]) -> str:
     return "## Training loss\n\n![loss by step](loss.png)\n\n" + _table(["step", "loss"], rows)
 
 
-def _ablation_section(ablation: list[dict[str, Any]]) -> str:
-    keys = list(dict.fromkeys(k for row in ablation for k in row))
-    rows = [[_fmt_any(row.get(k)) for k in keys] for row in ablation]
-    return "## Data ablation\n\n![headline by data fraction](ablation.png)\n\n" + _table(keys, rows)
+def _kept_line(sweep: dict[str, Any]) -> str:
+    kept = sweep["rows"][sweep["kept"]]
+    return (
+        f"- kept from a sweep of `{sweep['key']}`: the run `{sweep['key']}={shown(kept['value'])}`"
+        f" (run {sweep['kept'] + 1} of {len(sweep['rows'])}), chosen on the test sets: see the"
+        " sweep below"
+    )
+
+
+def _sweep_section(sweep: dict[str, Any]) -> str:
+    key, rows = sweep["key"], sweep["rows"]
+    sets = list(dict.fromkeys(name for row in rows for name in row["scores"]))
+    header = [key, "examples", *sets, "train time (s)", "tokens/s", "peak memory (GiB)", "kept"]
+    table = [
+        [
+            shown(row["value"]),
+            str(row["train_examples"]),
+            *(_fmt(row["scores"].get(name)) for name in sets),
+            f"{row['train_s']:.1f}",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{row['peak_memory_gb']:.2f}",
+            "kept" if i == sweep["kept"] else "",
+        ]
+        for i, row in enumerate(rows)
+    ]
+    kept = rows[sweep["kept"]]
+    chosen = (
+        f"Kept: `{key}={shown(kept['value'])}` (run {sweep['kept'] + 1} of {len(rows)}), the best "
+        "mean headline over the test sets (a tie goes to the later run). It was chosen on these "
+        "same test sets, so its scores above are an optimistic estimate of a fresh sample's."
+    )
+    return "\n\n".join(
+        [f"## Sweep: {key}", chosen, f"![headline by {key}](sweep.png)", _table(header, table)]
+    )
 
 
 def plot_scores(result: EvalResult, path: Path) -> None:
@@ -203,23 +235,37 @@ def plot_loss(curve: Sequence[tuple[int, float]], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_ablation(rows: list[dict[str, Any]], sets: list[str], metric: str, path: Path) -> None:
-    """The headline per test set against the share of training data used."""
+def plot_sweep(sweep: dict[str, Any], sets: list[str], metric: str, path: Path) -> None:
+    """The headline per test set against the swept setting's value, the kept run marked.
+
+    Values go in the order given, one per tick; positive numbers spanning 10x or more are
+    placed on a log axis instead (learning rates, data fractions).
+    """
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    ordered = sorted(rows, key=lambda row: float(row["fraction"]))
+    rows = sweep["rows"]
+    values = [row["value"] for row in rows]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if numbers and min(values) > 0 and max(values) >= 10 * min(values):
+        xs: list[float] = [float(v) for v in values]
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [shown(v) for v in values])
+        ax.minorticks_off()
+    else:
+        xs = [float(i) for i in range(len(rows))]
+        ax.set_xticks(xs, [shown(v) for v in values])
+        ax.set_xlim(-0.5, len(rows) - 0.5)
     for name in sets:
-        points = [
-            (float(r["fraction"]), float(r[name])) for r in ordered if r.get(name) is not None
-        ]
+        points = [(x, row["scores"][name]) for x, row in zip(xs, rows, strict=True)
+                  if row["scores"].get(name) is not None]  # fmt: skip
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.set_xlabel("fraction of training data")
+    ax.axvline(xs[sweep["kept"]], color="grey", linestyle=":", label="kept")
+    ax.set_xlabel(sweep["key"])
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
-    ax.set_title("Data ablation")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
+    ax.set_title(f"Sweep: {sweep['key']}")
+    ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -268,10 +314,6 @@ def _longest_backtick_run(text: str) -> int:
 
 def _fmt(value: float | None) -> str:
     return _NONE if value is None else f"{value:.3f}"
-
-
-def _fmt_any(value: Any) -> str:
-    return _fmt(value) if isinstance(value, float) else _NONE if value is None else str(value)
 
 
 def _n(by_model: dict[str, SetScores]) -> int:
