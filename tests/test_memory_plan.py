@@ -63,7 +63,7 @@ def test_row_length_follows_the_data_within_bounds(longest, cfg, context, row) -
 def test_ample_budget_keeps_the_configured_batch() -> None:
     """With room to spare, tokens per micro-batch and accumulation are the configuration's."""
     chosen = plan(SMOLLM2, CPU, 64 * GIB, SHORT, DEFAULTS)
-    assert (chosen.tokens_per_micro, chosen.accum, chosen.checkpointing) == (2048, 1, False)
+    assert (chosen.tokens_per_micro, chosen.accum, chosen.checkpointing) == (1024, 1, False)
     assert chosen.apply(DEFAULTS).seq_len == 128
 
 
@@ -134,7 +134,7 @@ def test_impossible_budget_names_the_numbers() -> None:
 def test_cuda_without_materialized_scores_fits_more_than_cpu() -> None:
     """At the same budget, attention that keeps no scores leaves room for more tokens."""
     fp32_cuda = dataclasses.replace(CUDA, activation_bytes=4)
-    budget, cfg = _needs(4096, 1024), TrainConfig(max_tokens_per_batch=16384)
+    budget, cfg = _needs(3500, 1024), TrainConfig(max_tokens_per_batch=16384)
     cpu = plan(SMOLLM2, CPU, budget, LONG, cfg)
     cuda = plan(SMOLLM2, fp32_cuda, budget, LONG, cfg)
     assert cuda.tokens_per_micro > cpu.tokens_per_micro
@@ -221,3 +221,10 @@ def test_a_budget_one_row_needs_checkpointing_for_trains_with_it() -> None:
     assert result.steps == 3 and all(math.isfinite(p.loss) for p in result.curve)
     after = dict(model.named_parameters())
     assert all(not torch.equal(after[n], p) for n, p in before.items())
+
+
+def test_a_step_split_into_micro_batches_keeps_its_size() -> None:
+    """2,048 tokens a step where 1,536 fit: two micro-batches of 1,024, not 2 x 1,536."""
+    cpu = dataclasses.replace(CPU, efficient_tokens=1536)
+    chosen = plan(SMOLLM2, cpu, 64 * GIB, SHORT, TrainConfig(max_tokens_per_batch=2048))
+    assert (chosen.tokens_per_micro, chosen.accum) == (1024, 2)

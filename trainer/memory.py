@@ -225,9 +225,9 @@ def plan(
         cap = min(cap, max(row, device.efficient_tokens // row * row))
     if cap >= cfg.max_tokens_per_batch:
         tokens, accum = max(row, cfg.max_tokens_per_batch), cfg.grad_accum_steps
-    else:
-        tokens = cap
-        accum = math.ceil(asked / tokens)
+    else:  # the fewest micro-batches that fit, each as even a share of the step as rows allow
+        accum = math.ceil(asked / cap)
+        tokens = min(cap, math.ceil(asked / accum / row) * row)
     tokens, accum = share_step(tokens, accum, row, ranks)
     return MemoryPlan(
         row_len=row,
