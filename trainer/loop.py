@@ -102,21 +102,11 @@ def train(
     # Data: the seeded share of the examples, tokenized; those over seq_len are left out.
     encoded, dropped = _encode(tokenizer, train_examples, cfg)
 
-    # Model: only what requires grad (the LoRA matrices) is optimized. A sharded base moves to
-    # the device only once sharded (trainer.sharding), so no device ever holds it whole.
+    # Model and memory: only what requires grad (the LoRA matrices) is optimized; rows only as
+    # long as the data needs, and micro-batches, accumulation and checkpointing that fit this
+    # machine, planned before the first step rather than found out by an OOM kill.
     torch.manual_seed(cfg.seed)
-    sharded = cfg.sharding == "fsdp" and world.distributed
-    model.train()
-    if not sharded:
-        place(model, device)
-
-    # Memory: rows only as long as the data needs, and micro-batches, accumulation and
-    # checkpointing that fit this machine, before the first step rather than an OOM kill.
-    cfg, memory = _fit_memory(model, encoded, cfg, device, world, say, sharded)
-    shards = []
-    if sharded:
-        shards = shard_blocks(model, compute=torch.bfloat16 if use_bf16(cfg, device) else None)
-        place(model, device)
+    cfg, memory, shards = _ready(model, encoded, cfg, device, world, say)
     encoded = [e for e in encoded if len(e) <= cfg.seq_len]  # only the base's context cuts
     total = total_steps(len(epoch_plan([len(e) for e in encoded], cfg, 0)), cfg)
     run = Stepper(model, cfg, device, world, shards)
@@ -166,6 +156,30 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     low = cfg.learning_rate * cfg.min_lr_ratio
     return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - low)
+
+
+def _ready(
+    model: Any,
+    encoded: Sequence[Encoded],
+    cfg: TrainConfig,
+    device: torch.device,
+    world: distributed.World,
+    say: Callable[[str], None] | None,
+) -> tuple[TrainConfig, dict[str, Any], list[Any]]:
+    """``model`` in training mode on ``device``, ``cfg`` with the memory plan applied, the
+    plan's record, and the sharded blocks (none unless ``sharding=fsdp`` over several ranks).
+    A sharded base moves to the device only once sharded (``trainer.sharding``), so no device
+    ever holds it whole."""
+    sharded = cfg.sharding == "fsdp" and world.distributed
+    model.train()
+    if not sharded:
+        place(model, device)
+    cfg, memory = _fit_memory(model, encoded, cfg, device, world, say, sharded)
+    shards = []
+    if sharded:
+        shards = shard_blocks(model, compute=torch.bfloat16 if use_bf16(cfg, device) else None)
+        place(model, device)
+    return cfg, memory, shards
 
 
 def _fit_memory(

@@ -14,7 +14,7 @@ import json
 import platform
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,13 +119,7 @@ def run(opts: RunOptions) -> RunResult | None:
     trials = [t for t in _train_runs(opts, base, bench) if t is not None]
     if not world.main:
         return None
-    sweep = _sweep_record(opts, trials)
-    kept = trials[sweep["kept"]] if sweep else trials[0]
-    adapter_dir = opts.out_dir / "adapter"
-    if sweep:
-        _replace_dir(kept.adapter, adapter_dir)
-        (opts.out_dir / SWEEP_FILE).write_bytes(orjson.dumps(sweep, option=orjson.OPT_INDENT_2))
-        opts.say(sweep_table(sweep))
+    kept, sweep = _keep(opts, trials)
 
     # Report: report with plots, run.json (the manifest publication uses) of the kept run.
     report = write_report(
@@ -143,7 +137,7 @@ def run(opts: RunOptions) -> RunResult | None:
     if published is not None:
         opts.say(f"[publish] {published.uri}")
     return RunResult(
-        snapshot, adapter_dir, report, kept.evaluation, kept.training, sweep, published
+        snapshot, kept.adapter, report, kept.evaluation, kept.training, sweep, published
     )
 
 
@@ -237,6 +231,20 @@ def _sharded_trial(
     evaluation = evaluate(bench.tests, predictors, label_rule=opts.curation.label)
     opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
     return _Trial(trained, training, evaluation, adapter)
+
+
+def _keep(opts: RunOptions, trials: list[_Trial]) -> tuple[_Trial, dict[str, Any] | None]:
+    """The run kept, its adapter in ``adapter``; with a sweep, also the sweep's record, written
+    to ``sweep.json`` and printed as a table."""
+    sweep = _sweep_record(opts, trials)
+    if sweep is None:
+        return trials[0], None
+    chosen = trials[sweep["kept"]]
+    kept = replace(chosen, adapter=opts.out_dir / "adapter")
+    _replace_dir(chosen.adapter, kept.adapter)
+    (opts.out_dir / SWEEP_FILE).write_bytes(orjson.dumps(sweep, option=orjson.OPT_INDENT_2))
+    opts.say(sweep_table(sweep))
+    return kept, sweep
 
 
 def _sweep_record(opts: RunOptions, trials: list[_Trial]) -> dict[str, Any] | None:
