@@ -91,10 +91,8 @@ def test_distributed_two_ranks_take_the_steps_of_one_process(
     or its blocks sharded over both), follow one process's loss curve and end with the same
     LoRA weights (float32, no dropout: equal up to summation order)."""
     alone, pair = tmp_path / "alone", tmp_path / "pair"
-    subprocess.run([sys.executable, str(WORKER), str(alone)], env=_env(), check=True,
-                   timeout=120, capture_output=True)  # fmt: skip
-    subprocess.run([*TORCHRUN, "--nproc-per-node", "2", str(WORKER), str(pair), sharding],
-                   env=_env(), check=True, timeout=180, capture_output=True)  # fmt: skip
+    _run([sys.executable, str(WORKER), str(alone)], timeout=120)
+    _run([*TORCHRUN, "--nproc-per-node", "2", str(WORKER), str(pair), sharding], timeout=180)
 
     one, two = (json.loads((d / "result.json").read_text()) for d in (alone, pair))
     assert len(one["curve"]) == len(two["curve"]) == 8
@@ -108,6 +106,11 @@ def test_distributed_two_ranks_take_the_steps_of_one_process(
     assert first.keys() == second.keys() and first
     for name, weight in first.items():
         torch.testing.assert_close(second[name], weight, atol=1e-6, rtol=1e-5)
+
+
+def _run(command: list[str], timeout: float) -> None:
+    done = subprocess.run(command, env=_env(), timeout=timeout, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
 def _command(tmp_path: Path, base: Path, *args: str) -> tuple[list[str], str, Path]:
