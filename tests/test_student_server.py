@@ -1,14 +1,21 @@
 """The student server over real sockets, with the real ``lorax`` and ``openai`` clients.
 
 The base is the tiny model of ``trainer.tiny``; two adapters with different (seeded random)
-LoRA weights are published to a ``file://`` store, so each answers differently.
+LoRA weights are published to a ``file://`` store, so each answers differently. The last
+tests leave long requests behind (closed connections, a shutdown, SIGTERM) and check that
+the engine lets go of them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,16 +27,17 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 from lorax import AsyncClient, Client
 from lorax.errors import GenerationError
 from openai import OpenAI
 
+from tests.fake_teacher import wait_for
 from trainer.config import TrainConfig
 from trainer.model import attach_lora, load_base, resolve_base, save_adapter
 from trainer.publish import publish
 from trainer.serve import create_app, load_student_settings
 from trainer.serve.adapters import AdapterFetcher
+from trainer.serve.app import StudentServer
 from trainer.serve.errors import AdapterUnavailable
 from trainer.tiny import save_tiny
 
@@ -98,8 +106,7 @@ class RunningStudent:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        uv = uvicorn.Config(app, http="httptools", log_level="warning", access_log=False)
-        self.server = uvicorn.Server(uv)
+        self.server = StudentServer(app, http="httptools", log_level="warning", access_log=False)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
         self._thread.start()
         deadline = time.monotonic() + 30
@@ -117,6 +124,10 @@ class RunningStudent:
         kw.setdefault("max_new_tokens", 8)
         text: str = self.client.generate(prompt, adapter_id=adapter, **kw).generated_text
         return text
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -402,3 +413,132 @@ async def test_failed_fetch_is_not_remembered(world: World, tmp_path: Path) -> N
     target = published.parent / "vlater"
     await asyncio.to_thread(shutil.copytree, published, target)
     assert (await fetcher.fetch("sentiment/vlater")).path.is_dir()
+
+
+# --- clients that leave, and shutdown -------------------------------------------------------
+
+# Answers far longer than the tests wait: unless they are cut short, the engine stays busy.
+LONG_NATIVE: dict[str, Any] = {
+    "inputs": PROMPT, "parameters": {"max_new_tokens": 2000, "ignore_eos_token": True}
+}  # fmt: skip
+LONG_CHAT: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "ignore_eos_token": True
+}  # fmt: skip
+LONG_REQUESTS: list[tuple[str, dict[str, Any]]] = [
+    ("/generate", LONG_NATIVE),
+    ("/", LONG_NATIVE),
+    ("/v1/chat/completions", LONG_CHAT),
+    ("/generate_stream", LONG_NATIVE),
+    ("/", {**LONG_NATIVE, "stream": True}),
+    ("/v1/chat/completions", {**LONG_CHAT, "stream": True}),
+]
+
+
+def send_raw(url: str, path: str, body: dict[str, Any]) -> socket.socket:
+    """POST ``body`` on a connection of its own, leaving the answer unread."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(head.encode() + payload)
+    return sock
+
+
+def in_engine(url: str) -> int:
+    """Requests the student's engine is generating or has waiting."""
+    student = httpx.get(url + "/info", timeout=5).json()["student"]
+    return int(student["running"]) + int(student["waiting"])
+
+
+def test_clients_that_leave_cancel_their_generation(
+    start: Callable[..., RunningStudent],
+) -> None:
+    """Closed connections, whole answers and streams, on every route, leave the engine idle."""
+    server = start()
+    connections = [send_raw(server.url, path, body) for path, body in LONG_REQUESTS]
+    try:
+        assert wait_for(lambda: in_engine(server.url) == len(LONG_REQUESTS), 10)
+    finally:
+        for connection in connections:
+            connection.close()
+    assert wait_for(lambda: in_engine(server.url) == 0, 2)
+
+
+def test_stop_ends_running_generations(start: Callable[..., RunningStudent]) -> None:
+    """Shutting down answers running requests with LoRAX's error at once; streams end too."""
+    server = start()
+    clients, answers = ask_long(server.url)
+    assert wait_for(lambda: in_engine(server.url) == len(LONG_REQUESTS), 10)
+    began = time.monotonic()
+    server.stop()
+    for client in clients:
+        client.join(10)
+    assert time.monotonic() - began < 3 and not server.running
+    assert_shut_down(answers)
+
+
+def ask_long(url: str) -> tuple[list[threading.Thread], list[httpx.Response]]:
+    """Every long request, each from a thread of its own; the answers as they come."""
+    answers: list[httpx.Response] = []
+
+    def ask(path: str, body: dict[str, Any]) -> None:
+        answers.append(httpx.post(url + path, json=body, timeout=30))
+
+    clients = [threading.Thread(target=ask, args=request) for request in LONG_REQUESTS]
+    for client in clients:
+        client.start()
+    return clients, answers
+
+
+def assert_shut_down(answers: list[httpx.Response]) -> None:
+    """Every answer is LoRAX's "shutting down" error: a 500, or a stream's last event."""
+    assert len(answers) == len(LONG_REQUESTS)
+    shutting_down = {"error": "the server is shutting down", "error_type": "incomplete_generation"}
+    for answer in answers:
+        if answer.headers["content-type"].startswith("text/event-stream"):
+            last = json.loads(answer.text.strip().split("\n\n")[-1].removeprefix("data: "))
+        else:
+            assert answer.status_code == 500
+            last = answer.json()
+        assert last == shutting_down
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_sigterm_exits_within_seconds(world: World) -> None:
+    """``protege student`` on SIGTERM answers its running requests and exits in seconds."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "protege.cli", "student", "--base-model", str(world.base),
+               "--store", world.store, "--port", url.rsplit(":", 1)[1]]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: _healthy(url), 60), "the student server did not come up"
+        clients, answers = ask_long(url)
+        assert wait_for(lambda: in_engine(url) == len(LONG_REQUESTS), 10)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal on exit
+        assert time.monotonic() - began < 5
+        for client in clients:
+            client.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert_shut_down(answers)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

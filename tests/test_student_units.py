@@ -12,7 +12,7 @@ import torch
 from trainer.serve.adapters import parse_adapter_id
 from trainer.serve.decoding import Detokenizer, RowState, find_stop, held_back
 from trainer.serve.engine import take_batch
-from trainer.serve.errors import AdapterUnavailable, InvalidInput
+from trainer.serve.errors import AdapterUnavailable, InvalidInput, StudentError
 from trainer.serve.protocol import (
     GenerationSpec,
     Limits,
@@ -134,7 +134,7 @@ class Feed:
     """Drives a ``RowState`` with forced tokens and records what it emits."""
 
     row: RowState
-    events: list[Event]
+    events: list[Event | StudentError]
 
     def push(self, token_id: int, vocab: int) -> None:
         scores = torch.full((vocab,), -10.0)
@@ -143,9 +143,14 @@ class Feed:
         assert self.row.choose(ids, scores) == token_id
         self.row.accept(token_id)
 
+    def streamed(self) -> str:
+        """The texts of the emitted non-special tokens, concatenated."""
+        tokens = [e.token for e in self.events if not isinstance(e, StudentError)]
+        return "".join(t.text for t in tokens if not t.special)
+
 
 def feed(tokenizer: Any, **spec: Any) -> Feed:
-    events: list[Event] = []
+    events: list[Event | StudentError] = []
     fields = {"prompt_ids": (5, 6), "max_new_tokens": 50, **spec}
     fields["sampling"] = sampling_of(Parameters(), seed=0)
     row = RowState(
@@ -174,7 +179,7 @@ def test_stop_sequence_is_cut_and_never_streamed(tokenizer: Any) -> None:
     answer = f.events[-1]
     assert isinstance(answer, Answer) and answer.finish_reason == "stop_sequence"
     assert answer.text == "The product arrived "
-    assert "".join(e.token.text for e in f.events if not e.token.special) == answer.text
+    assert f.streamed() == answer.text
 
 
 def test_eos_ends_the_answer(tokenizer: Any) -> None:
@@ -199,7 +204,7 @@ def test_held_back_text_goes_out_with_the_last_token(tokenizer: Any) -> None:
     f = run(tokenizer, "hello wor", [tokenizer.eos_token_id], stop=("world",))
     answer = f.events[-1]
     assert isinstance(answer, Answer) and answer.text == "hello wor"
-    assert "".join(e.token.text for e in f.events if not e.token.special) == "hello wor"
+    assert f.streamed() == "hello wor"
 
 
 def test_seeded_sampling_repeats() -> None:

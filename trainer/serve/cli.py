@@ -7,6 +7,7 @@ when it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from core.logs import configure
-    from trainer.serve.app import create_app
+    from trainer.serve.app import StudentServer, create_app
     from trainer.serve.settings import load_student_settings
 
     settings = load_student_settings(
@@ -49,13 +48,15 @@ def _run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     configure("info")
-    uvicorn.run(
+    server = StudentServer(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         access_log=False,
         server_header=False,
         log_level="warning",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=30,  # a backstop: shutdown ends the generations first
     )
-    return 0
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C once it has shut down
+        server.run()
+    return 0 if server.started else 3  # 3: uvicorn's exit status for a failed start-up

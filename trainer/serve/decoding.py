@@ -10,6 +10,10 @@ Ending. A request ends, in LoRAX's order, at its ``max_new_tokens`` ("length"), 
 end-of-sequence token unless ``ignore_eos`` ("eos_token"), or when its text contains a stop
 sequence ("stop_sequence"), which is cut off with everything after it. Until a stop sequence
 is ruled out, the text that could begin one is held back (see ``trainer.serve.results``).
+
+Constraint. A request with a ``response_format`` chooses among the tokens its grammar allows
+(``trainer.serve.constrained``) and ends at the end token that follows its complete JSON, even
+with ``ignore_eos``; when its grammar fails, the request fails alone (``GenerationFailed``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 
 import torch
 
+from trainer.serve.constrained import Constraint
+from trainer.serve.errors import GenerationFailed, StudentError
 from trainer.serve.protocol import GenerationSpec
 from trainer.serve.results import (
     Alternative,
@@ -90,15 +96,17 @@ class RowState:
     def __init__(
         self,
         spec: GenerationSpec,
-        emit: Callable[[Event], None],
+        emit: Callable[[Event | StudentError], None],
         tokenizer: Any,
         *,
         special_ids: Collection[int],
         eos_ids: Collection[int],
         device: torch.device,
+        constraint: Constraint | None = None,
     ) -> None:
         self.spec = spec
         self.emit = emit
+        self.constraint = constraint
         self.sampler = RowSampler(spec.sampling, spec.alternatives, device)
         self.prefill: tuple[PrefillToken, ...] = ()
         self.done = False
@@ -117,7 +125,16 @@ class RowState:
         return len(self.spec.prompt_ids) + len(self._tokens)
 
     def choose(self, row_ids: torch.Tensor, scores: torch.Tensor) -> int:
-        """This step's token, from the row's ids (padded on the left) and its raw scores."""
+        """This step's token, from the row's ids (padded on the left) and its raw scores.
+
+        A row whose grammar fails is done (it has told its client) and its token is ignored.
+        """
+        if self.constraint is not None:
+            try:
+                scores = self.constraint.mask(scores)
+            except GenerationFailed as exc:
+                self.fail(exc)
+                return 0
         self._choice = self.sampler.choose(row_ids[-self.length :], scores)
         return self._choice.token_id
 
@@ -126,6 +143,12 @@ class RowState:
         choice = self._choice
         if choice is None or choice.token_id != token_id:
             raise RuntimeError(f"step produced token {token_id}, not the chosen one")
+        if self.constraint is not None and token_id not in self._eos:
+            try:
+                self.constraint.consume(token_id)
+            except GenerationFailed as exc:
+                self.fail(exc)
+                return
         special = token_id in self._special
         if not special:
             self._text += self._detok.push(token_id)
@@ -137,10 +160,16 @@ class RowState:
         else:
             self._finish(choice, special, reason)
 
+    def fail(self, error: StudentError) -> None:
+        """End the request with ``error`` instead of an answer."""
+        self.done = True
+        self.emit(error)
+
     def _finish_reason(self, token_id: int) -> FinishReason | None:
         if len(self._tokens) + 1 >= self.spec.max_new_tokens:
             return "length"
-        if not self.spec.ignore_eos and token_id in self._eos:
+        ends = not self.spec.ignore_eos or self.constraint is not None
+        if ends and token_id in self._eos:
             return "eos_token"
         if find_stop(self._text, self.spec.stop, self._sent) is not None:
             return "stop_sequence"

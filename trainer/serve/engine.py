@@ -3,11 +3,12 @@
 Requests (``Job``s) wait in a queue. The engine takes the oldest waiting job together with
 the other waiting jobs for the same adapter (up to ``max_batch_size``), attaches that adapter
 if it is not (``AdapterSlots``), and generates the batch in one left-padded ``generate`` call.
-Every request of a batch keeps its own parameters (``trainer.serve.decoding``): one hook
-chooses each row's token, another tells each row's client and ends the row when it is due,
+Every request of a batch keeps its own parameters and grammar (``trainer.serve.decoding``): one
+hook chooses each row's token, another tells each row's client and ends the row when it is due,
 so a short answer goes out as soon as it is complete, not when the batch ends. Streaming and
-non-streaming requests are batched alike. Switching adapters and generating happen on this
-thread only; the event loop only queues jobs and reads their events.
+non-streaming requests are batched alike. A cancelled job (its client left, or the server is
+shutting down) leaves the queue, or its row stops at the next step. Switching adapters and
+generating happen on this thread only; the event loop only queues jobs and reads their events.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import (
 )
 
 from trainer.serve.adapters import AdapterSlots, LocalAdapter
+from trainer.serve.constrained import Constraint
 from trainer.serve.decoding import RowState
 from trainer.serve.errors import GenerationFailed, IncompleteGeneration, Overloaded, StudentError
 from trainer.serve.protocol import GenerationSpec
@@ -48,9 +50,11 @@ class Job:
         spec: GenerationSpec,
         adapter: LocalAdapter | None,
         loop: asyncio.AbstractEventLoop,
+        constraint: Constraint | None = None,
     ) -> None:
         self.spec = spec
         self.adapter = adapter
+        self.constraint = constraint  # the request's own grammar state (response_format)
         self.cancelled = False  # set by the event loop: nobody waits for the answer any more
         self._loop = loop
         self._messages: asyncio.Queue[Message] = asyncio.Queue()
@@ -207,9 +211,10 @@ class Engine:
             self._thread.join(timeout)
 
     def snapshot(self) -> dict[str, int]:
-        """Counters for ``/info``."""
+        """Counters for ``/info``: jobs waiting (and still wanted), jobs in the running batch."""
         with self._cond:
-            return {**asdict(self.stats), "waiting": len(self._waiting)}
+            waiting = sum(not job.cancelled for job in self._waiting)
+            return {**asdict(self.stats), "waiting": waiting, "running": len(self._running)}
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -264,6 +269,7 @@ class Engine:
             special_ids=self._special,
             eos_ids=self._eos,
             device=self._device,
+            constraint=job.constraint,
         )
 
     def _decode(self, rows: list[RowState], jobs: list[Job]) -> None:

@@ -3,6 +3,7 @@
 ``parameters.adapter_id`` names a published adapter, ``<task>/<version>``; none (or "") is
 the base model. ``POST /`` answers like ``/generate`` wrapped in a one-element list, or like
 ``/generate_stream`` when ``stream`` is true (LoRAX's api-inference compatibility route).
+A request whose client goes away is cancelled (``trainer.serve.disconnect``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from trainer.serve.disconnect import answer_while_connected
 from trainer.serve.engine import Job
 from trainer.serve.protocol import GenerateRequest, Parameters
 from trainer.serve.results import Answer, Event
@@ -80,9 +82,9 @@ async def _submit(student: Student, req: GenerateRequest, *, stream: bool) -> Jo
     return await student.submit(req.parameters, student.encode(req.inputs), stream=stream)
 
 
-async def _answer(student: Student, req: GenerateRequest) -> Answer:
+async def _answer(student: Student, req: GenerateRequest, request: Request) -> Answer:
     job = await _submit(student, req, stream=False)
-    return await job.answer()
+    return await answer_while_connected(job, request)
 
 
 def _stream(student: Student, req: GenerateRequest) -> Response:
@@ -99,7 +101,7 @@ def _stream(student: Student, req: GenerateRequest) -> Response:
 @router.post("/generate")
 async def generate(req: GenerateRequest, request: Request) -> Response:
     student = student_of(request)
-    answer = await _answer(student, req)
+    answer = await _answer(student, req, request)
     headers = answer_headers(student, req.parameters, answer)
     return JSONResponse(generate_body(answer, req), headers=headers)
 
@@ -114,7 +116,7 @@ async def compat_generate(req: GenerateRequest, request: Request) -> Response:
     student = student_of(request)
     if req.stream:
         return _stream(student, req)
-    answer = await _answer(student, req)
+    answer = await _answer(student, req, request)
     headers = answer_headers(student, req.parameters, answer)
     return JSONResponse([generate_body(answer, req)], headers=headers)
 

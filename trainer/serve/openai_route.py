@@ -6,7 +6,10 @@ The messages go through the base model's chat template exactly as in training
 ``object`` "text_completion" on the JSON answer, stream chunks with ``created`` 0 and
 ``model`` "null", usage on the last chunk, then ``data: [DONE]``; a stop sequence is reported
 as ``content_filter`` (LoRAX's mapping). Without ``temperature`` a request samples (at 1.0),
-with ``temperature`` 0 it is greedy. ``stream_options`` is accepted and ignored.
+with ``temperature`` 0 it is greedy. ``response_format`` holds the answer to JSON, in LoRAX's
+form (``json_object`` with an optional ``schema``) or OpenAI's (``json_schema`` with
+``json_schema.schema``; see ``trainer.serve.protocol``). ``stream_options`` is accepted and
+ignored. A request whose client goes away is cancelled (``trainer.serve.disconnect``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
+from trainer.serve.disconnect import answer_while_connected
 from trainer.serve.engine import Job
 from trainer.serve.errors import InvalidInput
 from trainer.serve.native import answer_headers, student_of
@@ -56,6 +60,7 @@ class ChatRequest(BaseModel):
     repetition_penalty: float | None = None
     ignore_eos_token: bool | None = None
     tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def chat_parameters(req: ChatRequest, base_model_id: str) -> Parameters:
@@ -76,6 +81,7 @@ def chat_parameters(req: ChatRequest, base_model_id: str) -> Parameters:
         stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
         seed=req.seed,
         details=True,
+        response_format=req.response_format,
     )
 
 
@@ -144,7 +150,7 @@ async def chat_completions(req: ChatRequest, request: Request) -> Response:
     if req.stream:
         headers = answer_headers(student, params, None)
         return sse_response(start, _render, done="[DONE]", headers=headers)
-    answer = await (await start()).answer()
+    answer = await answer_while_connected(await start(), request)
     return JSONResponse(
         completion_body(answer, req.model), headers=answer_headers(student, params, answer)
     )

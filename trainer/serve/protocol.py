@@ -6,21 +6,28 @@ failed check is an ``InvalidInput`` (422, ``validation``). Sampling follows LoRA
 request samples when ``do_sample`` is set or any warper is (temperature other than 0 and 1,
 ``top_k``, ``top_p`` < 1, ``typical_p`` < 1), and never at temperature 0.
 
+``response_format`` constrains the answer to JSON (``trainer.serve.constrained``): ``{"type":
+"json_object" | "json_schema", "schema": {...}}`` as LoRAX reads it, or OpenAI's ``{"type":
+"json_schema", "json_schema": {"schema": {...}}}``; without a schema, any JSON object;
+``{"type": "text"}`` is free text. Any other shape is an ``InvalidInput``.
+
 Accepted and ignored, as this server cannot honour them: ``adapter_source`` (adapters come from
-the store), ``api_token``, ``watermark``, ``response_format`` (no constrained decoding),
-``frequency_penalty`` and ``presence_penalty``.
+the store), ``api_token``, ``watermark``, ``frequency_penalty`` and ``presence_penalty``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.serve.errors import InvalidInput
 
 MAX_SEED = 2**64 - 1
+ANY_OBJECT: Final = {"type": "object"}  # the schema of a JSON answer that names none
+JSON_FORMATS: Final = ("json_object", "json_schema")
 
 
 class _Lenient(BaseModel):
@@ -95,6 +102,7 @@ class GenerationSpec:
     ignore_eos: bool = False
     prefill_details: bool = False  # logprobs of the prompt tokens (decoder_input_details)
     alternatives: int = 0  # most likely other tokens reported per step (return_k_alternatives)
+    schema: str | None = None  # the JSON schema the answer must satisfy (response_format), as text
 
 
 def problems(p: Parameters, limits: Limits, *, stream: bool) -> list[str]:
@@ -145,6 +153,30 @@ def check(p: Parameters, limits: Limits, *, stream: bool) -> None:
         raise InvalidInput(found[0])
 
 
+def response_schema(response_format: dict[str, Any] | None) -> str | None:
+    """The JSON schema ``response_format`` holds the answer to, as JSON text; None: free text.
+
+    The text keeps the schema's key order: llguidance writes properties in that order.
+    """
+    if response_format is None or response_format.get("type") == "text":
+        return None
+    kind = response_format.get("type")
+    if kind not in JSON_FORMATS:
+        kinds = ", ".join(("text", *JSON_FORMATS))
+        raise InvalidInput(f"`response_format.type` must be one of {kinds}. Given: {kind!r}")
+    schema = response_format.get("schema")
+    if schema is None and response_format.get("json_schema") is not None:
+        nested = response_format["json_schema"]
+        if not isinstance(nested, dict):
+            raise InvalidInput("`response_format.json_schema` must be an object")
+        schema = nested.get("schema")
+    if schema is None:
+        schema = ANY_OBJECT
+    if not isinstance(schema, dict):
+        raise InvalidInput("`response_format.schema` must be a JSON object")
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+
+
 def sampling_of(p: Parameters, seed: int) -> Sampling:
     """LoRAX's choice between greedy decoding and sampling, with the warpers it applies."""
     temperature = 1.0 if p.temperature is None else p.temperature
@@ -165,6 +197,7 @@ def sampling_of(p: Parameters, seed: int) -> Sampling:
 
 def spec_of(p: Parameters, prompt_ids: list[int], limits: Limits, *, seed: int) -> GenerationSpec:
     """The engine's job for a checked request whose input tokenizes to ``prompt_ids``."""
+    schema = response_schema(p.response_format)
     if p.truncate is not None:
         prompt_ids = prompt_ids[-p.truncate :]
     n = len(prompt_ids)
@@ -185,4 +218,5 @@ def spec_of(p: Parameters, prompt_ids: list[int], limits: Limits, *, seed: int) 
         ignore_eos=p.ignore_eos_token,
         prefill_details=p.decoder_input_details,
         alternatives=p.return_k_alternatives or 0,
+        schema=schema,
     )

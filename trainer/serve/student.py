@@ -18,6 +18,7 @@ from core.errors import StoreError
 from trainer.batches import end_of_turn_ids, prompt_ids
 from trainer.model import load_base, resolve_base
 from trainer.serve.adapters import AdapterFetcher, AdapterSlots, published, with_placeholder
+from trainer.serve.constrained import Grammars
 from trainer.serve.engine import Engine, Job
 from trainer.serve.errors import InvalidInput
 from trainer.serve.protocol import Limits, Parameters, check, spec_of
@@ -56,14 +57,17 @@ class Student:
         )
         eos = {tokenizer.eos_token_id, end_of_turn_ids(tokenizer)[-1]}
         eos |= set(_ids(model.generation_config.eos_token_id))
+        eos_ids = frozenset(i for i in eos if i is not None)
         self.engine = Engine(
             model,
             tokenizer,
             self.slots,
             max_batch_size=settings.max_batch_size,
             max_jobs=settings.max_concurrent_requests,
-            eos_ids=frozenset(i for i in eos if i is not None),
+            eos_ids=eos_ids,
         )
+        n_vocab = max(len(tokenizer), getattr(model.config, "vocab_size", 0) or 0)
+        self.grammars = Grammars(tokenizer, n_vocab=n_vocab, end_ids=eos_ids)
         parameter = next(model.parameters())
         self.dtype = str(parameter.dtype)
         self.device_type = parameter.device.type
@@ -80,8 +84,12 @@ class Student:
     def start(self) -> None:
         self.engine.start()
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
+        """End running and waiting requests (``IncompleteGeneration``) and refuse new ones."""
         await asyncio.to_thread(self.engine.close)
+
+    async def aclose(self) -> None:
+        await self.stop()
         await self.fetcher.aclose()
         if self._owned_cache:
             await asyncio.to_thread(shutil.rmtree, self.fetcher.cache_dir, True)
@@ -100,12 +108,15 @@ class Student:
             raise InvalidInput(f"chat template: {exc}") from exc
 
     async def submit(self, params: Parameters, ids: list[int], *, stream: bool) -> Job:
-        """Check the request, fetch its adapter, and queue it; the job's events follow."""
+        """Check the request, compile its grammar off the loop, fetch its adapter, queue it."""
         check(params, self.limits, stream=stream)
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         spec = spec_of(params, ids, self.limits, seed=seed)
+        constraint = None
+        if spec.schema is not None:
+            constraint = await asyncio.to_thread(self.grammars.constraint, spec.schema)
         adapter = await self.fetcher.fetch(params.adapter_id) if params.adapter_id else None
-        job = Job(spec, adapter, asyncio.get_running_loop())
+        job = Job(spec, adapter, asyncio.get_running_loop(), constraint)
         self.engine.submit(job)
         return job
 
@@ -148,6 +159,7 @@ class Student:
                 "adapter_loads": self.slots.loads,
                 "adapter_evictions": self.slots.evictions,
                 "adapter_downloads": self.fetcher.downloads,
+                "schemas_compiled": self.grammars.compilations,
                 **self.engine.snapshot(),
             },
         }
