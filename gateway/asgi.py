@@ -16,21 +16,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import ApiError, error_body
+from gateway.errors import ApiError, UpstreamError, error_body
 
 REQUEST_ID = "protege.request_id"  # scope key holding the request's id once it has one
 
 log = structlog.get_logger("gateway")
 
 
-def json_response(body: bytes, status: int, scope: Scope) -> Response:
+def json_response(
+    body: bytes, status: int, scope: Scope, headers: dict[str, str] | None = None
+) -> Response:
     rid = scope.get(REQUEST_ID)
-    headers = {"x-protege-request-id": rid} if rid else None
-    return Response(body, status, headers, media_type="application/json")
+    headers = dict(headers or {})
+    if rid:
+        headers["x-protege-request-id"] = rid
+    return Response(body, status, headers or None, media_type="application/json")
 
 
 def error_response(exc: BaseException, scope: Scope) -> Response:
-    """The OpenAI-shaped answer to ``exc``; anything unexpected is logged and becomes a 500."""
+    """The OpenAI-shaped answer to ``exc``; anything unexpected is logged and becomes a 500.
+    A backend's failure says which backend failed (``x-protege-backend``)."""
+    if isinstance(exc, UpstreamError):
+        headers = {"x-protege-backend": exc.backend}
+        return json_response(exc.body(), exc.status, scope, headers)
     if isinstance(exc, ApiError):
         return json_response(exc.body(), exc.status, scope)
     log.error("unhandled error", exc_info=exc)

@@ -7,7 +7,8 @@
                     is not JSON as it stands (a Markdown fence fails: the client parses the
                     body as sent); where ``json_object`` is asked for, it must be an object
     json_schema     the JSON answer does not satisfy the schema: the request's
-                    ``response_format`` schema, else the configured one (not checked when
+                    ``response_format`` schema, else the configured one, else the adapter's
+                    learned one where it applies (``gateway.decoding``; not checked when
                     json_parse failed, nor when the schema itself is unusable)
     must_match      some ``must_match`` RE2 pattern is not found in the text
     must_not_match  some ``must_not_match`` RE2 pattern is found in the text
@@ -74,15 +75,20 @@ class OutputChecks:
         self._non_empty = config.non_empty
         self._refusals = tuple(p.casefold() for p in config.refusal_phrases if p)
 
-    def run(self, fields: dict[str, Any], completion: dict[str, Any]) -> tuple[str, ...]:
+    def run(
+        self, fields: dict[str, Any], completion: dict[str, Any], learned: Any = None
+    ) -> tuple[str, ...]:
         """The checks failed by ``completion`` (a ``chat.completion``) answering the request
-        ``fields``, in ``CHECKS`` order; empty when it passes them all."""
+        ``fields``, in ``CHECKS`` order; empty when it passes them all.
+
+        ``learned``: the validator of the adapter's learned output schema (compiled once per
+        adapter), when it applies to this request; the last schema the answer is judged by."""
         text = answer_text(completion)
         has_text = bool(text.strip())
         tools = "" if has_text else tool_calls_text(completion)
         failed: set[str] = set()
         if has_text or not tools:
-            self._text_checks(fields, text, failed)
+            self._text_checks(fields, text, failed, learned)
         length = len(text) if has_text or not tools else len(tools)
         if self._max_chars is not None and length > self._max_chars:
             failed.add("max_length")
@@ -90,8 +96,10 @@ class OutputChecks:
             failed.add("empty")
         return tuple(name for name in CHECKS if name in failed)
 
-    def _text_checks(self, fields: dict[str, Any], text: str, failed: set[str]) -> None:
-        json_failure = self._json_check(fields, text)
+    def _text_checks(
+        self, fields: dict[str, Any], text: str, failed: set[str], learned: Any
+    ) -> None:
+        json_failure = self._json_check(fields, text, learned)
         if json_failure is not None:
             failed.add(json_failure)
         if self._must_match or self._must_not_match:
@@ -105,10 +113,11 @@ class OutputChecks:
             if any(phrase in folded for phrase in self._refusals):
                 failed.add("refusal")
 
-    def _json_check(self, fields: dict[str, Any], text: str) -> str | None:
+    def _json_check(self, fields: dict[str, Any], text: str, learned: Any) -> str | None:
         """``json_parse`` or ``json_schema`` when the text fails that check, else ``None``."""
         requested = response_schema(fields)
-        has_schema = requested is not None or self._schema is not None
+        fallback = learned if self._schema is None else self._schema
+        has_schema = requested is not None or fallback is not None
         if not (self._json_object or has_schema or wants_json(fields)):
             return None
         try:
@@ -117,7 +126,7 @@ class OutputChecks:
             return "json_parse"
         if self._object_required(fields) and not isinstance(value, dict):
             return "json_parse"
-        validator = self._schema if requested is None else schema_validator(requested)
+        validator = fallback if requested is None else schema_validator(requested)
         if validator is not None and satisfies(validator, value) is False:
             return "json_schema"
         return None

@@ -26,6 +26,7 @@ from core.settings import (
     gather,
     validate,
 )
+from gateway.decoding import StudentDecoding
 from gateway.policy import RolloutPolicy
 
 
@@ -87,6 +88,9 @@ class RouteConfig(Model):
     # The task's rollout: which backend answers, and its guardrails (see gateway.policy).
     # Aliases of one task share it; at most one of them sets it.
     rollout: RolloutPolicy = RolloutPolicy()
+    # How this alias's student calls decode: the adapter's published policy and learned
+    # output schema, overridden key by key (see gateway.decoding). The teacher never gets them.
+    student_decoding: StudentDecoding = StudentDecoding()
 
 
 class ServerConfig(Model):

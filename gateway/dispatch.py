@@ -24,13 +24,14 @@ from gateway.adapters import References
 from gateway.background import Background
 from gateway.capture import Exchange, completion_of
 from gateway.checks import OutputChecks
+from gateway.decoding import StudentDecoding, apply
 from gateway.drift import DriftMonitor, out_of_bounds
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
 from gateway.metrics import Metrics
 from gateway.monitor import Monitor
 from gateway.policy import RolloutPolicy
-from gateway.proxy import Backend, Proxy, TeacherBackend, timing_headers
+from gateway.proxy import Backend, Proxy, TeacherBackend, backend_headers, timing_headers
 from gateway.relay import stream
 from gateway.rollouts import Rollouts
 from gateway.routing import Facts, decide
@@ -42,6 +43,8 @@ log = structlog.get_logger("gateway")
 
 # Reasons hybrid routing sends a request to the teacher without asking the student.
 _DECLINED: Final = frozenset({"drift", "too_long", "charset"})
+# The decoding of a request no route names (its task from a header or the model name).
+_NO_OVERRIDE: Final = StudentDecoding()
 
 
 class Dispatch:
@@ -83,6 +86,7 @@ class Dispatch:
         decision = decide(inc.task, policy, self._facts(inc, policy), self.rng)
         inc.why, inc.watch = decision.why, self._watch
         if decision.shadow and self.shadow is not None:
+            self._decode(inc, policy.adapter)
             inc.answered = self.shadow.start(inc, policy.adapter, policy.shadow_max_per_s)
             if inc.answered is None:
                 inc.why = "shadow_skipped"  # sampled, but over the rate or the concurrency
@@ -91,6 +95,7 @@ class Dispatch:
                 self.metrics.hybrid_declined.labels(inc.metrics_task, decision.why).inc()
             return await self._answer(inc, self.teacher, decision.route)
         inc.adapter = policy.adapter
+        self._decode(inc, policy.adapter)
         if policy.mode == "hybrid":
             return await self._hybrid(inc, self.student, decision.route)
         return await self._student_first(inc, self.student, decision.route)
@@ -108,6 +113,11 @@ class Dispatch:
         else:
             bounds = None
         return Facts(inc.user or inc.client, served, self.drift.score(inc.task), bounds)
+
+    def _decode(self, inc: Incoming, adapter: str) -> None:
+        """How the student is asked: the adapter's published decoding, the route's override."""
+        route = inc.route.student_decoding if inc.route is not None else _NO_OVERRIDE
+        inc.decoding = apply(inc.fields, self.references.published(inc.task, adapter), route)
 
     async def _answer(self, inc: Incoming, backend: Backend, route: str) -> Response:
         if inc.stream:
@@ -144,10 +154,10 @@ class Dispatch:
             inc.failed_upstream_s += time.perf_counter() - began
             return await self._fall_back(inc, exc.code or "error", "student_failed", exc.message)
         upstream_s = time.perf_counter() - began
-        failed = self.monitor.checks(inc.task).run(inc.fields, completion)
+        failed = self.monitor.checks(inc.task).run(inc.fields, completion, _learned(inc))
         self.monitor.called(inc.task, failed=False)
         self.monitor.checked(inc.task, failed)
-        ex.detail = {"why": inc.why, "checks": list(failed)}
+        ex.detail = {**(ex.detail or {}), "why": inc.why, "checks": list(failed)}
         ex.status, ex.complete = 200, True
         if inc.stream:
             ex.response = replay(completion, wants_usage(inc.fields))
@@ -164,7 +174,8 @@ class Dispatch:
         await self.proxy.capture.record(inc, ex)
         self.proxy.observe_overhead(inc, upstream_s)
         media = "text/event-stream" if inc.stream else "application/json"
-        return Response(ex.response, headers=timing_headers(inc, upstream_s), media_type=media)
+        headers = {**timing_headers(inc, upstream_s), **backend_headers(ex)}
+        return Response(ex.response, headers=headers, media_type=media)
 
     def _watch(self, inc: Incoming, ex: Exchange) -> None:
         """Told of each exchange recorded for a request under a rollout."""
@@ -184,18 +195,21 @@ class Dispatch:
         # answer is checked here (microseconds); a stream must be assembled first, off the loop.
         checks = self.monitor.checks(inc.task)
         if ex.stream or len(ex.response or b"") > INLINE_BYTES:
-            work = self._check_off_loop(inc.task, checks, inc.fields, ex)
+            work = self._check_off_loop(inc, checks, ex)
             self.background.spawn(work, f"checks-{ex.request_id}")
         else:
-            self.monitor.checked(inc.task, _run_checks(checks, inc.fields, ex))
+            self.monitor.checked(inc.task, _run_checks(checks, inc, ex))
 
-    async def _check_off_loop(
-        self, task: str, checks: OutputChecks, fields: dict[str, Any], ex: Exchange
-    ) -> None:
-        failed = await asyncio.to_thread(_run_checks, checks, fields, ex)
-        self.monitor.checked(task, failed)
+    async def _check_off_loop(self, inc: Incoming, checks: OutputChecks, ex: Exchange) -> None:
+        failed = await asyncio.to_thread(_run_checks, checks, inc, ex)
+        self.monitor.checked(inc.task, failed)
 
 
-def _run_checks(checks: OutputChecks, fields: dict[str, Any], ex: Exchange) -> tuple[str, ...]:
+def _learned(inc: Incoming) -> Any:
+    """The learned schema the checks fall back on for ``inc`` (None: none applies)."""
+    return None if inc.decoding is None else inc.decoding.schema
+
+
+def _run_checks(checks: OutputChecks, inc: Incoming, ex: Exchange) -> tuple[str, ...]:
     completion = completion_of(ex)
-    return () if completion is None else checks.run(fields, completion)
+    return () if completion is None else checks.run(inc.fields, completion, _learned(inc))

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from gateway.auth import KeyCheck, bearer
 from gateway.capture import Exchange, hash_id
 from gateway.config import RouteConfig
+from gateway.decoding import Applied
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.metrics import TaskLabels
 from gateway.routes import RouteTable
@@ -60,6 +61,8 @@ class Incoming:
     # Takes the client's answer once captured (None if it did not complete; a stream as the
     # record encoder assembled it), when a shadow call waits to compare with it.
     answered: asyncio.Future[bytes | None] | None = None
+    # The request as the student gets it (gateway.decoding), once routing chose to ask it.
+    decoding: Applied | None = None
 
     @property
     def model(self) -> str:
@@ -82,9 +85,17 @@ class Incoming:
             adapter=adapter,
             client=self.client,
             user=self.user,
-            detail=None if self.why is None else {"why": self.why},
+            detail=self.detail(backend),
             metrics_task=self.metrics_task,
         )
+
+    def detail(self, backend: str) -> dict[str, Any] | None:
+        """The record's detail for ``backend``: why routing chose it and, for the student, the
+        decoding the gateway set or changed (``gateway.decoding``)."""
+        detail: dict[str, Any] = {} if self.why is None else {"why": self.why}
+        if backend == "student" and self.decoding is not None and self.decoding.record:
+            detail["decoding"] = self.decoding.record
+        return detail or None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

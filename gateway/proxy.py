@@ -5,7 +5,8 @@ takes the client's body and its answers pass untouched; the student (``gateway.s
 rewrites both ways. Plain answers are read whole, captured, then returned. Streams are relayed
 chunk by chunk (see ``gateway.relay``). Either way the record is in the spool (written to the
 OS, fsynced per policy) before the client sees the end of the answer, so a killed gateway never
-loses an exchange whose answer completed.
+loses an exchange whose answer completed. Every answer says who gave it, as its record does
+(``backend_headers``).
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ def timing_headers(inc: Incoming, upstream_s: float) -> dict[str, str]:
     }
 
 
+def backend_headers(ex: Exchange) -> dict[str, str]:
+    """Who answered, as the record says: ``x-protege-backend`` (teacher | student) and, for a
+    student, ``x-protege-adapter`` (``<task>/<version>``)."""
+    if ex.adapter is None:
+        return {"x-protege-backend": ex.backend}
+    return {"x-protege-backend": ex.backend, "x-protege-adapter": ex.adapter}
+
+
 class Capture:
     """Hands finished exchanges to the spool and accounts for them in metrics and logs."""
 
@@ -204,6 +213,7 @@ class Proxy:
             ex.error = f"{backend.name} answered HTTP {status}{to_stream}"
         await self.capture.record(inc, ex)
         headers = {**passthrough_headers(resp.headers), **timing_headers(inc, upstream_s)}
+        headers.update(backend_headers(ex))
         self.observe_overhead(inc, upstream_s)
         media_type = resp.headers.get("content-type", "application/json")
         return Response(body, status_code=status, headers=headers, media_type=media_type)

@@ -24,7 +24,15 @@ from starlette.responses import Response, StreamingResponse
 from gateway.capture import Exchange
 from gateway.errors import UpstreamError, UpstreamFailed, UpstreamUnreachable
 from gateway.intake import Incoming
-from gateway.proxy import Backend, Proxy, StreamEdit, log, passthrough_headers, timing_headers
+from gateway.proxy import (
+    Backend,
+    Proxy,
+    StreamEdit,
+    backend_headers,
+    log,
+    passthrough_headers,
+    timing_headers,
+)
 from gateway.sse import error_event, error_of, event_end, iter_data, split_done
 
 # The first event must arrive within this many bytes; more is not an SSE stream we understand.
@@ -57,6 +65,7 @@ async def stream(proxy: Proxy, inc: Incoming, backend: Backend, route: str) -> R
         raise
     upstream_s = time.perf_counter() - sent
     headers = {**passthrough_headers(resp.headers), **timing_headers(inc, upstream_s)}
+    headers.update(backend_headers(ex))
     headers.update(_SSE_HEADERS)
     proxy.observe_overhead(inc, upstream_s)
     events = _relay(proxy, inc, ex, stack, chunks, first, backend.edit(inc))

@@ -5,9 +5,9 @@ on shutdown), and is bounded twice: a request finding ``concurrency`` calls in f
 shadowed (counted as skipped), nor is one beyond its task's ``shadow_max_per_s`` (a token
 bucket per task; counted as limited). Once both answers are in, the student's is checked and
 scored against the teacher's (off the event loop when they are large), and recorded as its own
-exchange (``route=shadow``, ``shadow_of`` = the client's request id, ``detail`` = checks and
-agreement). Nothing here can delay or fail the client's request: its answer only resolves a
-future this side awaits.
+exchange (``route=shadow``, ``shadow_of`` = the client's request id, ``detail`` = checks,
+agreement and the decoding the student was asked with). Nothing here can delay or fail the
+client's request: its answer only resolves a future this side awaits.
 """
 
 from __future__ import annotations
@@ -68,10 +68,15 @@ def _resolver(future: asyncio.Future[bytes | None]) -> Callable[[bytes | None], 
 
 
 def judge(
-    checks: OutputChecks, fields: dict[str, Any], student: dict[str, Any], teacher: bytes | None
+    checks: OutputChecks,
+    fields: dict[str, Any],
+    student: dict[str, Any],
+    teacher: bytes | None,
+    learned: Any = None,
 ) -> tuple[tuple[str, ...], Agreement | None]:
-    """(failed checks, agreement with the teacher's recorded answer if it completed): pure."""
-    failed = checks.run(fields, student)
+    """(failed checks, agreement with the teacher's recorded answer if it completed): pure.
+    ``learned``: the adapter's learned schema, where it applies (``OutputChecks.run``)."""
+    failed = checks.run(fields, student, learned)
     try:
         reference = None if teacher is None else orjson.loads(teacher)
     except orjson.JSONDecodeError:
@@ -153,13 +158,15 @@ class Shadow:
         ex.status, ex.complete = 200, True
         ex.response = orjson.dumps(completion)
         checks = self._monitor.checks(inc.task)
-        args = (checks, inc.fields, completion, teacher)
+        learned = None if inc.decoding is None else inc.decoding.schema
+        args = (checks, inc.fields, completion, teacher, learned)
         if teacher is not None and len(teacher) + len(ex.response) > INLINE_BYTES:
             failed, agreement = await asyncio.to_thread(judge, *args)
         else:  # tens of microseconds: cheaper here than a thread hop
             failed, agreement = judge(*args)
         self._monitor.shadowed(inc.task, failed, agreement)
         ex.detail = {
+            **(ex.detail or {}),  # the decoding the student was asked with
             "why": "shadow",
             "checks": list(failed),
             "agreement": None if agreement is None else agreement.to_dict(),

@@ -1,9 +1,11 @@
 """The student backend: LoRAX's OpenAI route, its answers made OpenAI's.
 
-Requests: the client's chat body with ``model`` set to the task's adapter, and without what
-must not or cannot reach LoRAX: ``api_token`` and ``adapter_source`` (the gateway alone decides
-which adapter answers, with which credentials) and ``stream_options`` (LoRAX has none; whether
-the client asked for usage is kept here). The client's key is never forwarded: LoRAX copies an
+Requests: the client's chat body with the decoding routing chose applied (its adapter's
+published policy and learned schema for what the client left unset, ``gateway.decoding``),
+``model`` set to the task's adapter, and without what must not or cannot reach LoRAX:
+``api_token`` and ``adapter_source`` (the gateway alone decides which adapter answers, with
+which credentials) and ``stream_options`` (LoRAX has none; whether the client asked for usage
+is kept here). The client's key is never forwarded: LoRAX copies an
 ``Authorization`` header into ``api_token``, so the student upstream sends only its own key.
 
 Answers, as LoRAX gives them (see its router): ``"id": "null"``, ``created`` 0, the adapter as
@@ -53,6 +55,12 @@ def student_body(fields: dict[str, Any], adapter: str) -> bytes:
     if "max_completion_tokens" in body and body.get("max_tokens") is None:
         body["max_tokens"] = body.pop("max_completion_tokens")  # LoRAX knows only max_tokens
     return orjson.dumps(body)
+
+
+def student_fields(inc: Incoming) -> dict[str, Any]:
+    """The request fields the student gets: the client's, with the decoding routing applied
+    (``Incoming.decoding``, see ``gateway.decoding``)."""
+    return inc.fields if inc.decoding is None else inc.decoding.fields
 
 
 def wants_usage(fields: dict[str, Any]) -> bool:
@@ -189,7 +197,7 @@ class StudentBackend:
         return inc.adapter
 
     def payload(self, inc: Incoming) -> bytes:
-        return student_body(inc.fields, self._prefix + self.adapter(inc))
+        return student_body(student_fields(inc), self._prefix + self.adapter(inc))
 
     def answer(self, inc: Incoming, status: int, body: bytes) -> bytes:
         obj = _json_object(body)
@@ -216,7 +224,7 @@ class StudentBackend:
         """The student's whole answer to ``inc``, asked for without streaming, as an OpenAI
         ``chat.completion`` (for shadow scoring and hybrid checks). Any answer but a
         completion — a 4xx included — is a failure the teacher answers for."""
-        body = student_body({**inc.fields, "stream": False}, self._prefix + adapter)
+        body = student_body({**student_fields(inc), "stream": False}, self._prefix + adapter)
         answer = await self.upstream.post(inc.path, body)
         obj = _json_object(answer.body)
         if answer.status != 200:

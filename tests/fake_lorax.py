@@ -11,6 +11,8 @@ What it reproduces of LoRAX's router:
       stream as a 200 event, after which the stream ends without ``[DONE]``
     - a body without ``api_token`` gets the ``Authorization`` bearer token as its api_token;
       each request's api_token is kept in ``api_tokens``, so tests see what credential arrived
+Every request it got (path, headers, raw body) is kept in ``received``, so tests see what the
+student was asked with (decoding settings, response_format) as it arrived.
 ``mode`` decides how it answers the next requests:
     ok            "student: <last user message>", streamed token by token when asked
     status:<N>    HTTP N with a LoRAX error body

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from core.answers import schema_validator
 from gateway.checks import CHECKS, OutputChecks
 from gateway.policy import OutputChecksConfig
 
@@ -192,3 +193,25 @@ def test_checks_are_reusable() -> None:
     assert checks.run(PLAIN, _answer("ok")) == ()
     assert checks.run(PLAIN, _answer("no")) == ("must_match",)
     assert checks.run(PLAIN, _answer("ok")) == ()
+
+
+LEARNED = schema_validator(TICKET)
+
+
+@pytest.mark.parametrize(
+    ("config", "fields", "content", "failed"),
+    [
+        ({}, PLAIN, '{"priority": "high"}', ()),
+        ({}, PLAIN, '{"priority": "righteous"}', ("json_schema",)),
+        ({}, PLAIN, "high", ("json_parse",)),
+        ({}, _asks("json_schema", OTHER), '{"other": 1}', ()),
+        ({"json_schema": OTHER}, PLAIN, '{"other": 1}', ()),
+        ({"json_schema": OTHER}, PLAIN, '{"priority": "high"}', ("json_schema",)),
+    ],
+)
+def test_learned_schema_comes_last(
+    config: dict[str, Any], fields: dict[str, Any], content: str, failed: tuple[str, ...]
+) -> None:
+    """The adapter's learned schema judges an answer whose request and config name none."""
+    checks = OutputChecks(OutputChecksConfig(**config))
+    assert checks.run(fields, _answer(content), LEARNED) == failed

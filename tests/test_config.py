@@ -108,6 +108,26 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
             "config: student.base_url must be an http(s) URL",
         ),
         ({"student": {"read_timeout_s": 0}}, "config: student.read_timeout_s must be greater than"),
+        (
+            {"routes": [{"alias": "a", "task": "t", "student_decoding": {"temperature": 3}}]},
+            "config: routes[0].student_decoding.temperature must be less than or equal to 2",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "student_decoding": {"top_p": 0}}]},
+            "config: routes[0].student_decoding.top_p must be greater than 0",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "student_decoding": {"max_tokens": 0}}]},
+            "config: routes[0].student_decoding.max_tokens must be greater than or equal to 1",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "student_decoding": {"max_temperature": -1}}]},
+            "config: routes[0].student_decoding.max_temperature must be greater than or equal",
+        ),
+        (
+            {"routes": [{"alias": "a", "task": "t", "student_decoding": {"temp": 0}}]},
+            "config: routes[0].student_decoding.temp is not a known setting",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, object], message: str) -> None:
@@ -144,3 +164,15 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("teacher: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad, env={})
+
+
+def test_student_decoding_per_route() -> None:
+    """Each route has its own student_decoding; unset, the published policy applies as is."""
+    routes = [
+        {"alias": "a", "task": "t"},
+        {"alias": "b", "task": "t", "student_decoding": {"published": False, "temperature": 0}},
+    ]
+    a, b = load_settings(env={}, routes=routes).routes
+    assert a.student_decoding.published and a.student_decoding.output_schema
+    assert (a.student_decoding.temperature, a.student_decoding.max_tokens) == (None, None)
+    assert (b.student_decoding.published, b.student_decoding.temperature) == (False, 0.0)

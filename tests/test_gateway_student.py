@@ -70,6 +70,9 @@ def test_answer_is_openai_shaped(
     raw = client(gw).chat.completions.with_raw_response.create(model="tickets", messages=HELLO)
     answered = time.time()
     out, rid = raw.parse(), raw.headers["x-protege-request-id"]
+    assert (raw.headers["x-protege-backend"], raw.headers["x-protege-adapter"]) == (
+        "student", ADAPTER,
+    )  # fmt: skip
     assert out.id == f"chatcmpl-{rid}"
     assert out.object == "chat.completion" and out.model == "tickets"
     assert asked <= out.created <= answered
@@ -215,6 +218,8 @@ def test_student_failure_before_first_byte_falls_back(
         model="tickets", messages=HELLO, stream=stream
     )
     rid = raw.headers["x-protege-request-id"]
+    assert raw.headers["x-protege-backend"] == "teacher"
+    assert "x-protege-adapter" not in raw.headers
     if stream:
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     else:

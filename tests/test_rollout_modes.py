@@ -70,10 +70,7 @@ def client(gw: RunningGateway, timeout: float = 10) -> openai.OpenAI:
 def records(gw: RunningGateway) -> list[dict[str, Any]]:
     """Every record, once the gateway stopped (shadow calls awaited)."""
     gw.stop()
-    out = spooled_records(gw.settings.spool.dir)
-    for r in out:
-        r["detail"] = None if r["detail"] is None else json.loads(r["detail"])
-    return out
+    return spooled_records(gw.settings.spool.dir, details=True)
 
 
 # -- shadow ----------------------------------------------------------------------------------
