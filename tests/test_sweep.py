@@ -267,3 +267,34 @@ def test_without_a_sweep_there_is_one_run_and_no_sweep_output(
     assert not (out / "sweep.png").exists()
     assert json.loads((out / "run.json").read_text())["sweep"] is None
     assert "## Sweep" not in (out / "report.md").read_text()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_run_publishes_its_decoding_policy_and_learned_output_schema(
+    tmp_path: Path, tiny_base: Path  # noqa: F811
+) -> None:
+    """run.json (so protege.json) carries ``decoding`` chosen from the greedy and sampled
+    scores and the schema of the teacher's JSON answers; the report shows both scores, and
+    publishing names the version in it instead of "unpublished"."""
+    store, out = _train(tmp_path, tiny_base)
+    manifest = json.loads((out / "run.json").read_text())
+    decoding = manifest["decoding"]
+    assert decoding["temperature"] == 0.0  # the tiny student scores 0 either way: a tie
+    assert decoding["max_tokens"] > decoding["basis"]["longest_answer_tokens"] > 0
+    assert set(decoding["basis"]["sampled"]) == set(manifest["metrics"]["headline"])
+    assert decoding["basis"]["traffic"]["temperature_unset"] == 1.0
+    assert manifest["metrics"]["student_sampled"] == decoding["basis"]["sampled"]
+    schema = manifest["output_schema"]
+    assert schema["required"] == ["category"] and schema["additionalProperties"] is False
+    assert manifest["output_schema_fit"]["share"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "## Serving: decoding policy and output schema" in report
+    assert "sampled as the traffic" in report and "adapter version: `unpublished`" in report
+
+    assert main(["publish", "--task", TASK, "--store", store, "--run", str(out)]) == 0
+    (version,) = asyncio.run(list_versions(store, TASK))
+    folder = tmp_path / "store" / "adapters" / TASK / version
+    published = json.loads((folder / MANIFEST).read_text())
+    assert published["decoding"] == decoding and published["output_schema"] == schema
+    assert f"adapter version: `{version}`" in (out / "report.md").read_text()

@@ -75,6 +75,8 @@ BALANCE: Final = "balance"
 
 _CHAT: Final = "chat.completions"
 _PARAMS: Final = ("response_format", "tools", "tool_choice")
+# Request settings that decide how an answer is sampled (kept as the example's ``decoding``).
+_SAMPLING: Final = ("temperature", "top_p")
 _FINISH_DROPS: Final = {"length": TRUNCATED, "content_filter": CONTENT_FILTER}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -119,9 +121,19 @@ def to_example(record: Mapping[str, Any], corrections: Mapping[str, str] | None 
         group=str(record.get("user") or record.get("client") or request_id),
         source=source,
         params={k: request[k] for k in _PARAMS if k in request},
+        decoding=sampling_settings(request),
         ts=_timestamp(record["ts"]),
     )
     return Outcome(example)
+
+
+def sampling_settings(request: Mapping[str, Any]) -> dict[str, float]:
+    """The sampling settings a request set: its numeric ``temperature`` and ``top_p``."""
+    return {
+        key: float(value)
+        for key in _SAMPLING
+        if isinstance(value := request.get(key), int | float) and not isinstance(value, bool)
+    }
 
 
 def _failure(record: Mapping[str, Any]) -> str | None:

@@ -10,8 +10,10 @@ publication, chosen once from all test examples so every set and model is judged
   ``SHORT_ANSWER_TOKENS`` whitespace tokens: a word, a number, a name), else mean ROUGE-L F1.
 
 The student may be published when its headline is at least every baseline's on every non-empty
-test set (``EvalResult.student_beats_baseline``). Predictors are plain callables from examples to
-answers, so this module never loads a model.
+test set (``EvalResult.student_beats_baseline``). Given a second predictor for the student, one
+that samples as the task's traffic does (``trainer.decoding``), it is scored too, as
+``EvalResult.sampled``: the figures the published decoding policy is chosen from. Predictors are
+plain callables from examples to answers, so this module never loads a model.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class EvalResult:
     student: str  # the predictor being judged; every other one is a baseline
     scores: dict[str, dict[str, SetScores]]  # test set -> predictor -> scores
     mistakes: dict[str, list[ExampleRecord]]  # test set -> the student's worst answers
+    # test set -> the student's scores sampling as the traffic does (None: not measured)
+    sampled: dict[str, SetScores] | None = None
 
     @property
     def models(self) -> list[str]:
@@ -67,6 +71,20 @@ class EvalResult:
             for name, by in self.scores.items()
             if _size(by)
         }
+
+    @property
+    def sampled_headline(self) -> dict[str, float]:
+        """test set -> the student's headline sampling as the traffic does (non-empty sets)."""
+        return {
+            name: s.metrics().get(self.headline_metric, 0.0)
+            for name, s in (self.sampled or {}).items()
+            if s.n
+        }
+
+    @property
+    def greedy_headline(self) -> dict[str, float]:
+        """test set -> the student's (greedy) headline, for the non-empty test sets."""
+        return {name: by[self.student] for name, by in self.headline.items()}
 
     @property
     def student_beats_baseline(self) -> bool:
@@ -93,6 +111,7 @@ class EvalResult:
             "baselines": self.baselines,
             "student_beats_baseline": self.student_beats_baseline,
             "headline": self.headline,
+            "student_sampled": self.sampled_headline if self.sampled is not None else None,
             "sets": {
                 name: {model: s.to_dict() for model, s in by.items()}
                 for name, by in self.scores.items()
@@ -106,9 +125,11 @@ def evaluate(
     *,
     label_rule: LabelRule | None = None,
     student: str = "student",
+    sampled: Predictor | None = None,
     mistakes_per_set: int = MISTAKES_PER_SET,
 ) -> EvalResult:
-    """Score every predictor on every test set; ``student`` names the one being judged."""
+    """Score every predictor on every test set; ``student`` names the one being judged, and
+    ``sampled`` is the same student sampling as the traffic does (scored apart, if given)."""
     if student not in predictors:
         raise ValueError(f"predictors: no {student!r} among {sorted(predictors)}")
     if len(predictors) < 2:
@@ -125,7 +146,14 @@ def evaluate(
     mistakes = {
         name: worst_mistakes(by[student].records, mistakes_per_set) for name, by in scores.items()
     }
-    return EvalResult(kind, headline_metric(kind, everything), student, scores, mistakes)
+    sampled_scores = None
+    if sampled is not None:
+        sampled_scores = {
+            name: _score(name, f"{student} (sampled)", examples, sampled, label_rule, kind)
+            for name, examples in test_sets.items()
+        }
+    headline = headline_metric(kind, everything)
+    return EvalResult(kind, headline, student, scores, mistakes, sampled_scores)
 
 
 def headline_metric(kind: str, examples: Sequence[Example]) -> str:
@@ -158,7 +186,10 @@ def _score(
             f"{len(examples)} examples of {name!r}"
         )
     scores = evaluate_predictions(examples, predictions, label_rule=label_rule, kind=kind)
-    log.info("evaluated", model=model, test_set=name, n=scores.n, **scores.metrics())
+    if scores.n:
+        log.info("evaluated", model=model, test_set=name, n=scores.n, **scores.metrics())
+    else:
+        log.info("evaluated", model=model, test_set=name, n=0, scores="n/a")
     return scores
 
 

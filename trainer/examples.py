@@ -45,6 +45,9 @@ EXAMPLE_SCHEMA: Final = pa.schema(
         # JSON object of request parameters that matter when judging an answer
         # (response_format, tools, tool_choice), or null.
         pa.field("params", pa.string()),
+        # JSON object of the sampling settings the request set (temperature, top_p), or null
+        # when it set none (the provider's defaults). Absent from snapshots made before it.
+        pa.field("decoding", pa.string()),
     ]
 )
 
@@ -58,6 +61,7 @@ class Example:
     label: str | None = None
     source: str = "teacher"
     params: dict[str, Any] = field(default_factory=dict)
+    decoding: dict[str, float] = field(default_factory=dict)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -72,6 +76,7 @@ def examples_from_table(table: pa.Table) -> list[Example]:
             label=row["label"],
             source=row["source"],
             params=orjson.loads(row["params"]) if row["params"] else {},
+            decoding=orjson.loads(row["decoding"]) if row.get("decoding") else {},
             ts=row["ts"],
         )
         for row in table.to_pylist()
@@ -90,6 +95,7 @@ def examples_to_table(examples: list[Example]) -> pa.Table:
             "label": e.label,
             "source": e.source,
             "params": orjson.dumps(e.params).decode() if e.params else None,
+            "decoding": orjson.dumps(e.decoding).decode() if e.decoding else None,
         }
         for e in examples
     ]

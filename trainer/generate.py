@@ -2,9 +2,9 @@
 
 Prompts go through the tokenizer's chat template exactly as in ``trainer.batches`` (so a student
 is asked what it was trained on), are sorted by length into batches, left-padded, and decoded
-greedily (``temperature=0``) or by sampling. Generation ends at eos or the template's
-end-of-turn token; ``stop`` strings also end it, and are cut from the text with what follows.
-Works on a base model and on a PEFT model alike.
+greedily (``temperature=0``) or by sampling (``temperature``, ``top_p``). Generation ends at eos
+or the template's end-of-turn token; ``stop`` strings also end it, and are cut from the text with
+what follows. Works on a base model and on a PEFT model alike.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def generate(
     max_new_tokens: int,
     batch_size: int = 16,
     temperature: float = 0.0,
+    top_p: float = 1.0,
     stop: Sequence[str] | None = None,
     seed: int | None = None,
 ) -> list[str]:
@@ -39,6 +40,7 @@ def generate(
         max_new_tokens=max_new_tokens,
         do_sample=temperature > 0,
         temperature=temperature if temperature > 0 else None,
+        top_p=top_p if temperature > 0 and top_p < 1.0 else None,
         eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=list(stop) if stop else None,

@@ -25,9 +25,9 @@ import torch
 from trainer import distributed
 from trainer.config import TrainConfig
 from trainer.dataset import build_snapshot, load_snapshot
+from trainer.decoding import serving_manifest
 from trainer.evaluate import EvalResult, evaluate
 from trainer.examples import TEST_SPLITS, Example
-from trainer.generate import generate
 from trainer.loop import TrainResult, train
 from trainer.model import (
     as_trained,
@@ -39,15 +39,21 @@ from trainer.model import (
     resolve_base,
     save_adapter,
 )
+from trainer.predictors import (
+    Predictor,
+    answer_budget,
+    cached,
+    greedy_predictor,
+    sampled_predictor,
+)
 from trainer.publish import Published, publish, reference_profile
-from trainer.report import write_report
+from trainer.report import mark_published, write_report
 from trainer.settings import CurationConfig
 from trainer.sharding import full_lora_state
 from trainer.sweep import SWEEP_DIR, SWEEP_FILE, Sweep, kept_run, sweep_row, sweep_table
 
 RUN_FILE = "run.json"
 BASELINE = "base (zero-shot)"
-Predictor = Callable[[list[Example]], list[str]]
 
 
 class BelowBaseline(Exception):
@@ -108,10 +114,10 @@ def run(opts: RunOptions) -> RunResult | None:
         ref, dtype=default_dtype(opts.device, opts.config.bf16),
         device="cpu" if sharded else opts.device, quantize=opts.config.quantize,
     )  # fmt: skip
-    max_new = _answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
+    max_new = answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
     baseline = None  # ranks other than 0 do not evaluate; a sharded run evaluates afterwards
     if world.main and not sharded:
-        baseline = _cached(_predictor(base, tokenizer, max_new, opts.config), tests)
+        baseline = cached(greedy_predictor(base, tokenizer, max_new, opts.config), tests)
 
     # Training: one run, or one per value of the swept setting on the same base and test sets;
     # the kept run is the one with the best mean headline over the test sets (trainer.sweep).
@@ -121,14 +127,20 @@ def run(opts: RunOptions) -> RunResult | None:
         return None
     kept, sweep = _keep(opts, trials)
 
+    # Serving: how the student decodes when a client does not say (chosen from its greedy and
+    # sampled scores), and the shape of a valid answer, learned from the teacher's.
+    serving = serving_manifest(kept.evaluation, splits, tokenizer)
+
     # Report: report with plots, run.json (the manifest publication uses) of the kept run.
     report = write_report(
         kept.evaluation, opts.out_dir, task=opts.task, snapshot=snapshot,
         loss_curve=[(p.step, p.loss) for p in kept.training.curve], sweep=sweep,
+        serving=serving,
     )  # fmt: skip
     manifest = _manifest(ref.model_id, snapshot, kept, sweep)
     manifest["prompt_template"] = tokenizer.chat_template
     manifest["input_profile"] = reference_profile(train_set)
+    manifest.update(serving)
     (opts.out_dir / RUN_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     opts.say(f"[report] {report}")
 
@@ -196,10 +208,13 @@ def _train_one(
         f"{training.curve[0].loss:.3f} -> {training.final_loss:.3f}, "
         f"{training.tokens_per_s:,.0f} tokens/s"
     )
-    max_new = _answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
-    predictors = {"student": _predictor(student, tok, max_new, cfg), BASELINE: bench.baseline}
-    evaluation = evaluate(bench.tests, predictors, label_rule=opts.curation.label)
-    opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
+    max_new = answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
+    predictors = {"student": greedy_predictor(student, tok, max_new, cfg), BASELINE: bench.baseline}
+    evaluation = evaluate(
+        bench.tests, predictors, label_rule=opts.curation.label,
+        sampled=sampled_predictor(student, tok, max_new, cfg),
+    )  # fmt: skip
+    _say_eval(opts, evaluation)
     save_adapter(student, adapter, config=cfg)
     return _Trial(as_trained(student, cfg), training, evaluation, adapter)
 
@@ -224,12 +239,15 @@ def _sharded_trial(
     dtype = default_dtype(opts.device, cfg.bf16)
     base, tok = load_base(resolve_base(opts.base_model), dtype=dtype, device=opts.device,
                           spread=True)  # fmt: skip
-    max_new = _answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
-    baseline = _cached(_predictor(base, tok, max_new, cfg), bench.tests)
+    max_new = answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
+    baseline = cached(greedy_predictor(base, tok, max_new, cfg), bench.tests)
     whole = load_adapter(base, adapter)
-    predictors = {"student": _predictor(whole, tok, max_new, cfg), BASELINE: baseline}
-    evaluation = evaluate(bench.tests, predictors, label_rule=opts.curation.label)
-    opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
+    predictors = {"student": greedy_predictor(whole, tok, max_new, cfg), BASELINE: baseline}
+    evaluation = evaluate(
+        bench.tests, predictors, label_rule=opts.curation.label,
+        sampled=sampled_predictor(whole, tok, max_new, cfg),
+    )  # fmt: skip
+    _say_eval(opts, evaluation)
     return _Trial(trained, training, evaluation, adapter)
 
 
@@ -294,7 +312,9 @@ def publish_run(run_dir: Path, store: str, task: str) -> Published:
             f"the student of {run_dir} does not beat the zero-shot base model on every test "
             "set; see its report.md (publish anyway is not offered: fix the data or training)"
         )
-    return asyncio.run(publish(store, task, run_dir / "adapter", manifest))
+    published = asyncio.run(publish(store, task, run_dir / "adapter", manifest))
+    mark_published(run_dir / "report.md", published.version)
+    return published
 
 
 def _data(opts: RunOptions, world: distributed.World) -> tuple[str, dict[str, list[Example]]]:
@@ -315,36 +335,10 @@ def _data(opts: RunOptions, world: distributed.World) -> tuple[str, dict[str, li
     return found, splits
 
 
-def _predictor(model: Any, tokenizer: Any, max_new: int, cfg: TrainConfig) -> Predictor:
-    def predict(examples: list[Example]) -> list[str]:
-        return generate(
-            model, tokenizer, examples, max_new_tokens=max_new, batch_size=cfg.eval_batch_size
-        )
-
-    return predict
-
-
-def _cached(predict: Predictor, tests: dict[str, list[Example]]) -> Predictor:
-    """``predict``'s answers to every test example, computed now and served from memory."""
-    answers: dict[str, str] = {}
-    for examples in tests.values():
-        if examples:
-            answers.update(zip((e.request_id for e in examples), predict(examples), strict=True))
-
-    def cached(examples: list[Example]) -> list[str]:
-        return [answers[e.request_id] for e in examples]
-
-    return cached
-
-
-def _answer_budget(tokenizer: Any, tests: dict[str, list[Example]], cap: int) -> int:
-    """New tokens to generate: the longest reference answer plus slack, within ``cap``."""
-    longest = max(
-        (len(tokenizer(e.completion, add_special_tokens=False)["input_ids"])
-         for examples in tests.values() for e in examples),
-        default=cap,
-    )  # fmt: skip
-    return min(cap, int(longest * 1.5) + 8)
+def _say_eval(opts: RunOptions, evaluation: EvalResult) -> None:
+    greedy = ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()) or "n/a"
+    sampled = ", ".join(f"{k} {v:.3f}" for k, v in evaluation.sampled_headline.items())
+    opts.say(f"[eval] {greedy}" + (f" (sampled as the traffic: {sampled})" if sampled else ""))
 
 
 def _headline(evaluation: EvalResult) -> dict[str, float]:
@@ -375,15 +369,21 @@ def evaluate_adapter(opts: RunOptions, adapter: str) -> tuple[EvalResult, Path]:
         dtype=default_dtype(opts.device, opts.config.bf16),
         device=opts.device,
     )
-    max_new = _answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
-    baseline = _cached(_predictor(base, tokenizer, max_new, opts.config), tests)
+    max_new = answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
+    baseline = cached(greedy_predictor(base, tokenizer, max_new, opts.config), tests)
     student = load_adapter(base, folder).to(opts.device)
     predictors = {
-        "student": _predictor(student, tokenizer, max_new, opts.config),
+        "student": greedy_predictor(student, tokenizer, max_new, opts.config),
         BASELINE: baseline,
     }
-    evaluation = evaluate(tests, predictors, label_rule=opts.curation.label)
-    report = write_report(evaluation, opts.out_dir, task=opts.task, snapshot=snapshot)
-    opts.say("[eval] " + ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()))
+    evaluation = evaluate(
+        tests, predictors, label_rule=opts.curation.label,
+        sampled=sampled_predictor(student, tokenizer, max_new, opts.config),
+    )  # fmt: skip
+    serving = serving_manifest(evaluation, splits, tokenizer)
+    report = write_report(
+        evaluation, opts.out_dir, task=opts.task, snapshot=snapshot, serving=serving
+    )
+    _say_eval(opts, evaluation)
     opts.say(f"[report] {report}")
     return evaluation, report

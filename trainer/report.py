@@ -3,7 +3,8 @@
 ``write_report`` writes into one folder::
 
     report.md      headline student vs baselines, every metric, per-class or per-field tables,
-                   the student's worst mistakes, the loss curve and the sweep
+                   the student's worst mistakes, the loss curve, the sweep, and how the student
+                   is to be served (greedy vs sampled scores, decoding policy, output schema)
     scores.png     headline per test set, grouped bars per predictor
     loss.png       training loss by step (when a loss curve is given)
     sweep.png      headline per test set by value of the swept setting (when a sweep is given)
@@ -13,6 +14,7 @@ Plots are drawn on matplotlib's Agg canvas directly: no display, no pyplot globa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +31,8 @@ SHOWN_CHARS: Final = 600
 # Most rows of the loss table (the plot has every point).
 LOSS_ROWS: Final = 20
 _NONE = "—"
+_EMPTY = "n/a"
+_UNPUBLISHED = "- adapter version: `unpublished`"
 
 
 def write_report(
@@ -40,13 +44,15 @@ def write_report(
     adapter_version: str | None = None,
     loss_curve: list[tuple[int, float]] | None = None,
     sweep: dict[str, Any] | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; return the report's path.
 
     ``sweep`` is ``sweep.json``'s content (``trainer.sweep``): the swept ``key``, the index of
     the ``kept`` run (the one ``result`` evaluates) and a row per run with its ``value``, the
     headline per test set under ``scores``, ``train_examples``, ``train_s``, ``tokens_per_s``
-    and ``peak_memory_gb``.
+    and ``peak_memory_gb``. ``serving`` is what ``trainer.decoding.serving_manifest`` adds to
+    ``protege.json``: ``decoding``, ``output_schema``, ``output_schema_fit``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [
@@ -54,6 +60,7 @@ def write_report(
         _metrics_section(result),
         *(_set_details(result, name) for name in result.scores),
         _mistakes_section(result),
+        _serving_section(result, serving) if serving else "",
     ]
     plot_scores(result, out_dir / "scores.png")
     if loss_curve:
@@ -77,13 +84,15 @@ def _summary(
         values = result.headline.get(name, {})
         best = max((values[b] for b in result.baselines if b in values), default=None)
         delta = _NONE if best is None else f"{values[result.student] - best:+.3f}"
-        cells = [_fmt(values.get(m)) for m in result.models]
+        cells = [_fmt(values.get(m)) if values else _EMPTY for m in result.models]
+        delta = delta if values else _EMPTY
         rows.append([name, str(_n(by)), *cells, delta])
     return "\n\n".join(
         [
             f"# Evaluation: {task}",
-            f"- dataset snapshot: `{snapshot}`\n- adapter version: `{version or 'unpublished'}`\n"
-            f"- task kind: {result.kind}; headline metric: `{result.headline_metric}`\n"
+            f"- dataset snapshot: `{snapshot}`\n"
+            + (f"- adapter version: `{version}`\n" if version else f"{_UNPUBLISHED}\n")
+            + f"- task kind: {result.kind}; headline metric: `{result.headline_metric}`\n"
             f"- student `{result.student}` at least as good as every baseline on every "
             f"non-empty test set: {verdict}" + (f"\n{_kept_line(sweep)}" if sweep else ""),
             "## Headline",
@@ -96,6 +105,9 @@ def _summary(
 def _metrics_section(result: EvalResult) -> str:
     parts = ["## All metrics"]
     for name, by in result.scores.items():
+        if not _n(by):
+            parts += [f"### {name} (n=0)", f"{_EMPTY}: the test set has no example."]
+            continue
         metrics = sorted({key for s in by.values() for key in s.metrics()})
         rows = [[key] + [_fmt(by[m].metrics().get(key)) for m in result.models] for key in metrics]
         parts += [f"### {name} (n={_n(by)})", _table(["metric", *result.models], rows)]
@@ -158,6 +170,64 @@ def _mistake(number: int, record: ExampleRecord) -> str:
             "Prediction:\n" + _block(record.prediction),
         ]
     )
+
+
+def _serving_section(result: EvalResult, serving: dict[str, Any]) -> str:
+    decoding = serving["decoding"]
+    basis = decoding["basis"]
+    greedy, sampled = result.greedy_headline, result.sampled_headline
+    rows = [
+        [name, str(_n(by)), _fmt(greedy.get(name)), _fmt(sampled.get(name)),
+         _NONE if name not in sampled else f"{sampled[name] - greedy[name]:+.3f}"]
+        if _n(by) else [name, "0", _EMPTY, _EMPTY, _EMPTY]
+        for name, by in result.scores.items()
+    ]  # fmt: skip
+    traffic = basis["traffic"]
+    mix = ", ".join(f"{t}: {share:.0%}" for t, share in traffic["temperature"].items())
+    temperature = decoding["temperature"]
+    policy = [
+        "- temperature when the client sets none: "
+        + ("not set (the provider's default)" if temperature is None else f"`{temperature:g}`")
+        + f" ({basis['why']})",
+        f"- max_tokens when the client sets none: `{decoding['max_tokens']}` (the longest "
+        f"training answer, {basis['longest_answer_tokens']} tokens, with a margin)",
+        "- an explicit temperature is capped: "
+        + ("no" if decoding["max_temperature"] is None else f"at {decoding['max_temperature']}"),
+    ]
+    return "\n\n".join(
+        [
+            "## Serving: decoding policy and output schema",
+            "The student decoded greedily, and sampling as the task's traffic does (each test "
+            "example with its own request's temperature and top_p; unset counts as the "
+            "provider's default, 1):",
+            _table(["test set", "n", "greedy", "sampled as the traffic", "difference"], rows),
+            f"Traffic: {traffic['requests']} requests, temperature unset in "
+            f"{traffic['temperature_unset']:.0%} (temperature: {mix or _NONE}).",
+            "Decoding policy (published with the adapter; the gateway applies it to student "
+            "calls, to what a client leaves unset):\n" + "\n".join(policy),
+            _schema_lines(serving),
+        ]
+    )
+
+
+def _schema_lines(serving: dict[str, Any]) -> str:
+    fit, schema = serving.get("output_schema_fit"), serving.get("output_schema")
+    if fit is None:
+        return "Output schema: none (the teacher's answers are not all JSON objects or arrays)."
+    share = f"accepts {fit['accepted']} of the {fit['examples']} training answers"
+    if schema is None:
+        return f"Output schema: not published, it {share} (it must accept all)."
+    text = json.dumps(schema, indent=2, ensure_ascii=False)
+    return f"Output schema (published; the student is held to it), {share}:\n\n" + _block(text)
+
+
+def mark_published(report: Path, version: str) -> None:
+    """Name the published adapter version in a run's ``report.md`` (written before)."""
+    if report.is_file():
+        text = report.read_text(encoding="utf-8")
+        report.write_text(
+            text.replace(_UNPUBLISHED, f"- adapter version: `{version}`", 1), encoding="utf-8"
+        )
 
 
 def _loss_section(curve: list[tuple[int, float]]) -> str:
