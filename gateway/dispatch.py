@@ -25,6 +25,7 @@ from gateway.background import Background
 from gateway.capture import Exchange, completion_of
 from gateway.checks import OutputChecks
 from gateway.decoding import StudentDecoding, apply
+from gateway.disconnect import ClientGone, unless_gone
 from gateway.drift import DriftMonitor, out_of_bounds
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
@@ -147,12 +148,15 @@ class Dispatch:
         began = time.perf_counter()
         ex = inc.exchange(student.name, route, inc.adapter)
         try:
-            completion = await student.complete(inc, student.adapter(inc))
+            completion = await unless_gone(inc, student.complete(inc, student.adapter(inc)))
         except UpstreamError as exc:
             self.monitor.called(inc.task, failed=True)
             await self.proxy.fail(inc, ex, student, exc)
             inc.failed_upstream_s += time.perf_counter() - began
             return await self._fall_back(inc, exc.code or "error", "student_failed", exc.message)
+        except ClientGone:  # nobody waits: no teacher either
+            self.monitor.called(inc.task, failed=False)
+            return await self.proxy.gone(inc, ex)
         upstream_s = time.perf_counter() - began
         failed = self.monitor.checks(inc.task).run(inc.fields, completion, _learned(inc))
         self.monitor.called(inc.task, failed=False)

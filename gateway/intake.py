@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.types import Receive
 
 from gateway.auth import KeyCheck, bearer
 from gateway.capture import Exchange, hash_id
@@ -63,6 +64,9 @@ class Incoming:
     answered: asyncio.Future[bytes | None] | None = None
     # The request as the student gets it (gateway.decoding), once routing chose to ask it.
     decoding: Applied | None = None
+    # The client's ASGI receive, its body read: it yields the disconnect once the client
+    # goes away (``gateway.disconnect``); None where that is not known.
+    receive: Receive | None = None
 
     @property
     def model(self) -> str:
@@ -188,4 +192,5 @@ class Intake:
             metrics_task=self._task_labels(resolved.task),
             client=hash_id(token, self._salt) if token else None,
             user=hash_id(user, self._salt) if isinstance(user, str) and user else None,
+            receive=request.receive,
         )

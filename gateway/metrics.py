@@ -162,6 +162,13 @@ class Metrics:
             ["task", "reason"],
             registry=r,
         )
+        self.incomplete_answers = Counter(
+            "protege_incomplete_answers",
+            "Plain answers not given, by reason: client_disconnect (the client went away "
+            "first; the student's call was cancelled).",
+            ["task", "reason"],
+            registry=r,
+        )
 
     def _spool(self, r: CollectorRegistry) -> None:
         self.spool_records = Counter(

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from core.ids import new_id
 from gateway.capture import Exchange, completion_of
+from gateway.disconnect import GONE_ERROR, GONE_STATUS, ClientGone, unless_gone
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
 from gateway.metrics import Metrics
@@ -58,6 +59,8 @@ class Backend(Protocol):
     upstream: Upstream
     # A failure before the first byte is answered by the teacher instead (route=fallback).
     falls_back: bool
+    # A plain answer is asked for only while its client waits (``gateway.disconnect``).
+    cancel_on_leave: bool
 
     def adapter(self, inc: Incoming) -> str | None:
         """The adapter answering ``inc`` (None for the teacher)."""
@@ -81,6 +84,7 @@ class TeacherBackend:
 
     name = "teacher"
     falls_back = False
+    cancel_on_leave = False
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -182,17 +186,19 @@ class Proxy:
         self.metrics = metrics
 
     async def unary(self, inc: Incoming, backend: Backend, route: str) -> Response:
-        """Forward a non-streaming request and answer with the backend's whole answer."""
+        """Forward a non-streaming request and answer with the backend's whole answer; a
+        backend that ``cancel_on_leave`` is called only while the client waits."""
         ex = inc.exchange(backend.name, route, backend.adapter(inc))
-        upstream = backend.upstream
         sent = time.perf_counter()
+        call = _whole(inc, backend)
         try:
-            async with upstream.request("POST", inc.path, backend.payload(inc)) as resp:
-                body = await upstream.read(resp)
+            resp, body = await (unless_gone(inc, call) if backend.cancel_on_leave else call)
             return await self.reply(inc, ex, backend, resp, body, time.perf_counter() - sent)
         except UpstreamError as exc:
             await self.fail(inc, ex, backend, exc)
             raise
+        except ClientGone:
+            return await self.gone(inc, ex)
 
     async def reply(
         self,
@@ -228,6 +234,22 @@ class Proxy:
         log.warning("upstream failed", backend=exc.backend, error=exc.message, code=exc.code)
         await self.capture.record(inc, ex)
 
+    async def gone(self, inc: Incoming, ex: Exchange) -> Response:
+        """Record an exchange whose client went away before its answer (the call cancelled);
+        the response nobody reads."""
+        ex.status, ex.error = GONE_STATUS, GONE_ERROR
+        self.metrics.incomplete_answers.labels(inc.metrics_task, "client_disconnect").inc()
+        log.info("client went away; its call was cancelled", backend=ex.backend)
+        await self.capture.record(inc, ex)
+        return Response(status_code=GONE_STATUS)
+
     def observe_overhead(self, inc: Incoming, upstream_s: float) -> None:
         overhead = time.perf_counter() - inc.started - upstream_s - inc.failed_upstream_s
         self.metrics.overhead.labels(inc.metrics_task).observe(max(overhead, 0.0))
+
+
+async def _whole(inc: Incoming, backend: Backend) -> tuple[aiohttp.ClientResponse, bytes]:
+    """The backend's response to ``inc`` and its whole body."""
+    upstream = backend.upstream
+    async with upstream.request("POST", inc.path, backend.payload(inc)) as resp:
+        return resp, await upstream.read(resp)

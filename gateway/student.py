@@ -183,6 +183,7 @@ class StudentBackend:
 
     name = "student"
     falls_back = True
+    cancel_on_leave = True
 
     def __init__(self, upstream: Upstream, adapter_prefix: str = "") -> None:
         self.upstream = upstream

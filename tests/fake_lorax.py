@@ -13,6 +13,8 @@ What it reproduces of LoRAX's router:
       each request's api_token is kept in ``api_tokens``, so tests see what credential arrived
 Every request it got (path, headers, raw body) is kept in ``received``, so tests see what the
 student was asked with (decoding settings, response_format) as it arrived.
+A request whose client closed the connection while it waited (``slow:<S>``) is counted in
+``disconnects``, so tests see that a call was cancelled rather than left to finish.
 ``mode`` decides how it answers the next requests:
     ok            "student: <last user message>", streamed token by token when asked
     status:<N>    HTTP N with a LoRAX error body
@@ -43,6 +45,7 @@ class FakeLorax(LoopbackServer):
     mode: str = "ok"
     api_tokens: list[str | None] = field(default_factory=list)
     says: Callable[[dict[str, Any]], str] | None = None
+    disconnects: int = 0
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -55,7 +58,11 @@ class FakeLorax(LoopbackServer):
         if mode.startswith("status:"):
             return _error(int(mode.split(":")[1]))
         if mode.startswith("slow:"):
-            await asyncio.sleep(float(mode.split(":")[1]))
+            try:
+                await asyncio.sleep(float(mode.split(":")[1]))
+            except asyncio.CancelledError:  # the connection closed (handler_cancellation)
+                self.disconnects += 1
+                raise
         if req.get("stream"):
             return await self._stream(request, req, mode)
         tokens = _tokens(req, self.says)
