@@ -6,6 +6,8 @@ lost by waiting one event). After that, complete events are forwarded as they ar
 the closing ``data: [DONE]``, which is held back until the exchange is in the spool. A stream
 the upstream cuts, or ends without ``[DONE]``, gets an SSE error event and no ``[DONE]``; a
 client that goes away cancels the upstream request. Both are recorded with ``complete=false``.
+A student's stream is also cancelled when its client leaves before the first event
+(``gateway.disconnect``).
 
 A backend may rewrite the events on their way (the student's are made OpenAI's, see
 ``gateway.student``); the record keeps the stream as the client got it.
@@ -18,10 +20,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
 
 from gateway.capture import Exchange
+from gateway.disconnect import ClientGone, unless_gone
 from gateway.errors import UpstreamError, UpstreamFailed, UpstreamUnreachable
 from gateway.intake import Incoming
 from gateway.proxy import (
@@ -43,23 +47,24 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 async def stream(proxy: Proxy, inc: Incoming, backend: Backend, route: str) -> Response:
     """Open the backend's stream and answer with a relay of it (or with its error)."""
     ex = inc.exchange(backend.name, route, backend.adapter(inc))
-    upstream = backend.upstream
     sent = time.perf_counter()
     stack = AsyncExitStack()
     try:
-        request = upstream.request("POST", inc.path, backend.payload(inc))
-        resp = await stack.enter_async_context(request)
-        if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
-            async with stack:  # not a stream: hand it on like a plain answer
-                body = await upstream.read(resp)
-            return await proxy.reply(inc, ex, backend, resp, body, time.perf_counter() - sent)
-        chunks = upstream.iter_chunks(resp)
-        first = await _first_event(chunks, upstream.name)
-        _raise_if_error(first, upstream.name)
+        # A backend that cancels on leave is asked only while the client waits, its first
+        # event included (a queued student may take long to send it).
+        opening = _open(stack, inc, backend)
+        resp, chunks, first = await (
+            unless_gone(inc, opening) if backend.cancel_on_leave else opening
+        )
+        if chunks is None:  # not a stream: handed on like a plain answer
+            return await proxy.reply(inc, ex, backend, resp, first, time.perf_counter() - sent)
     except UpstreamError as exc:
         await stack.aclose()
         await proxy.fail(inc, ex, backend, exc)
         raise
+    except ClientGone:
+        await stack.aclose()
+        return await proxy.gone(inc, ex)
     except BaseException:
         await stack.aclose()
         raise
@@ -70,6 +75,24 @@ async def stream(proxy: Proxy, inc: Incoming, backend: Backend, route: str) -> R
     proxy.observe_overhead(inc, upstream_s)
     events = _relay(proxy, inc, ex, stack, chunks, first, backend.edit(inc))
     return StreamingResponse(events, headers=headers, media_type="text/event-stream")
+
+
+async def _open(
+    stack: AsyncExitStack, inc: Incoming, backend: Backend
+) -> tuple[aiohttp.ClientResponse, AsyncIterator[bytes] | None, bytes]:
+    """``(response, chunks, first event)`` of the backend's stream, the connection held by
+    ``stack``; for an answer that is not a stream, ``(response, None, whole body)``, the
+    connection released."""
+    upstream = backend.upstream
+    request = upstream.request("POST", inc.path, backend.payload(inc))
+    resp = await stack.enter_async_context(request)
+    if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+        async with stack:
+            return resp, None, await upstream.read(resp)
+    chunks = upstream.iter_chunks(resp)
+    first = await _first_event(chunks, upstream.name)
+    _raise_if_error(first, upstream.name)
+    return resp, chunks, first
 
 
 async def _first_event(chunks: AsyncIterator[bytes], backend: str) -> bytes:

@@ -31,10 +31,10 @@ def start(make_gateway: Any, lorax: FakeLorax, **rollout: Any) -> RunningGateway
     return gw
 
 
-def ask_and_leave(gw: RunningGateway, asked: Any) -> None:
-    """Send a plain chat request on a raw socket and close it once ``asked()`` says the
-    upstream has the request, before any answer."""
-    body = orjson.dumps({"model": "tickets", "messages": HELLO})
+def ask_and_leave(gw: RunningGateway, asked: Any, stream: bool = False) -> None:
+    """Send a chat request on a raw socket and close it once ``asked()`` says the upstream
+    has the request, before any answer (or any event of a stream)."""
+    body = orjson.dumps({"model": "tickets", "messages": HELLO, "stream": stream})
     head = (
         "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -45,22 +45,34 @@ def ask_and_leave(gw: RunningGateway, asked: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "rollout", [{"mode": "student"}, {"mode": "canary", "percent": 100}, {"mode": "hybrid"}]
+    ("rollout", "stream"),
+    [
+        ({"mode": "student"}, False),
+        ({"mode": "canary", "percent": 100}, False),
+        ({"mode": "hybrid"}, False),
+        ({"mode": "student"}, True),
+        ({"mode": "hybrid"}, True),
+    ],
 )
 def test_client_leaving_cancels_the_students_call(
-    make_gateway: Any, lorax: FakeLorax, teacher: FakeTeacher, rollout: dict[str, Any]
+    make_gateway: Any,
+    lorax: FakeLorax,
+    teacher: FakeTeacher,
+    rollout: dict[str, Any],
+    stream: bool,
 ) -> None:
-    """The client closing before a slow student answers closes the gateway's connection to
-    LoRAX; the student's exchange is recorded incomplete and the teacher is not asked."""
+    """The client closing before a slow student answers (or sends a stream's first event)
+    closes the gateway's connection to LoRAX; the student's exchange is recorded incomplete
+    and the teacher is not asked."""
     lorax.mode = "slow:8"
     gw = start(make_gateway, lorax, **rollout)
-    ask_and_leave(gw, lambda: len(lorax.received) == 1)
+    ask_and_leave(gw, lambda: len(lorax.received) == 1, stream)
     assert wait_for(lambda: lorax.disconnects == 1, 2), "the student's call was not cancelled"
     labels = {"task": "tickets", "reason": "client_disconnect"}
     assert wait_for(lambda: gw.metric("protege_incomplete_answers_total", **labels) == 1, 2)
     gw.stop()
     (record,) = spooled_records(gw.settings.spool.dir, details=True)
-    assert (record["backend"], record["adapter"]) == ("student", ADAPTER)
+    assert (record["backend"], record["adapter"], record["stream"]) == ("student", ADAPTER, stream)
     assert record["complete"] is False and record["error"] == "client disconnected"
     assert record["status"] == 499 and record["response"] is None
     assert teacher.received == []
