@@ -298,3 +298,25 @@ def test_a_run_publishes_its_decoding_policy_and_learned_output_schema(
     published = json.loads((folder / MANIFEST).read_text())
     assert published["decoding"] == decoding and published["output_schema"] == schema
     assert f"adapter version: `{version}`" in (out / "report.md").read_text()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_eval_scores_an_adapter_greedy_and_sampled_and_reports_both(
+    tmp_path: Path, tiny_base: Path  # noqa: F811
+) -> None:
+    """``protege eval`` of a trained adapter on the snapshot's test sets: the report has the
+    greedy-vs-sampled table, the decoding policy and the learned schema."""
+    store, out = _train(tmp_path, tiny_base)
+    report_dir = tmp_path / "eval"
+    code = main([
+        "eval", "--task", TASK, "--store", store, "--adapter", str(out / "adapter"),
+        "--base-model", str(tiny_base), "--device", "cpu", "--out", str(report_dir),
+        "--set", "eval_max_new_tokens=8",
+    ])  # fmt: skip
+    assert code == 0  # a tie at 0 with the zero-shot base is "at least as good"
+    report = (report_dir / "report.md").read_text()
+    serving = report.split("## Serving: decoding policy and output schema", 1)[1]
+    assert "| test set | n | greedy | sampled as the traffic | difference |" in serving
+    assert "temperature when the client sets none: `0`" in serving
+    assert '"additionalProperties": false' in serving

@@ -139,7 +139,9 @@ def learn_schema(answers: Sequence[str]) -> Learned | None:
     shape = _Shape()
     for value in values:
         shape.add(value)
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **shape.schema()}
+    # No "$schema": the keywords used read the same in every draft, and some constrained
+    # decoders refuse keywords they do not know.
+    schema = shape.schema()
     return Learned(schema, len(values), _accepted(schema, values))
 
 
