@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
+from tests.fake_teacher import wait_for
 from tests.spooled import spooled_records
 from tests.test_student_server import PROMPT, RunningStudent, World
 from trainer.config import TrainConfig
@@ -71,3 +74,52 @@ def test_trained_adapter_answers_through_the_gateway(
         "student",
     )
     assert record["complete"] is True
+
+
+LABEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": ["negative", "positive"]}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+
+
+def test_the_published_policy_and_schema_hold_through_the_gateway(
+    served: tuple[RunningStudent, str], make_gateway: Any, tmp_path: Path
+) -> None:
+    """An adapter published with a decoding policy and an output schema, asked through the
+    gateway by a client that sets neither temperature, max_tokens nor response_format: the
+    real student server is asked greedily, with the length bound and the schema, and every
+    answer is JSON the schema accepts — though the adapter was taught plain words."""
+    server, _ = served
+    manifest = {
+        "decoding": {"temperature": 0.0, "top_p": None, "max_tokens": 40, "max_temperature": None},
+        "output_schema": LABEL_SCHEMA,
+    }
+    store = f"file://{tmp_path / 'store'}"  # the served store, the gateway's too
+    adapter = asyncio.run(publish(store, "sentiment", tmp_path / "adapter", manifest)).adapter_id
+    route = {"alias": "sentiment", "task": "sentiment",
+             "rollout": {"mode": "student", "adapter": adapter}}  # fmt: skip
+    gw = make_gateway(routes=[route], student={"base_url": server.url + "/v1"})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0, timeout=30)
+    examples = tiny_examples(6)
+
+    def answer(example: Any) -> tuple[str, Any]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="sentiment", messages=example.messages
+        )
+        return raw.parse().choices[0].message.content or "", raw.headers
+
+    # The gateway reads the manifest in the background: the first answers may precede it.
+    assert wait_for(lambda: answer(examples[0])[0].startswith("{"), 10)
+    validator = Draft202012Validator(LABEL_SCHEMA)
+    for example in examples:
+        content, headers = answer(example)
+        assert validator.is_valid(orjson.loads(content)), content
+        assert headers["x-protege-backend"] == "student"
+        assert headers["x-protege-adapter"] == adapter
+    gw.stop()
+    details = [r["detail"] for r in spooled_records(gw.settings.spool.dir, details=True)]
+    assert {"temperature": 0.0, "max_tokens": 40, "response_format": "output_schema"} in [
+        d.get("decoding") for d in details if d
+    ]
