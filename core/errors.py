@@ -3,14 +3,18 @@
     ProtegeError
     ├── ConfigError             bad settings; start-up fails naming the key
     ├── SpoolError              the spool directory holds something it should not
-    │   └── CorruptSegment      a sealed segment fails its checks (.path, .offset, .reason)
+    │   ├── CorruptSegment      a sealed segment fails its checks (.path, .offset, .reason)
+    │   └── SpoolWriteFailed    a record a strict writer was given could not be written
     ├── StoreError              a store operation failed; the message names the store and the key
     │   └── StoreNotFound       the object asked for does not exist
+    ├── JudgeError              a judge could not be asked, or a labels file not read
+    │                           (``core.judging``; a failed call is one item's error)
     ├── ApiError                the gateway's OpenAI-shaped errors (``gateway.errors``)
     └── StudentError            the student server's LoRAX-shaped errors (``trainer.serve.errors``)
 
 Botocore, aiohttp, pyarrow and OS errors become ``StoreError`` in ``core.store`` and
-``core.read``, nowhere else.
+``core.read`` (and a judgement part's pyarrow errors in ``core.judging.cache``), nowhere else;
+httpx errors of a judge call become ``JudgeError`` in ``core.judging.client``.
 """
 
 from __future__ import annotations
@@ -41,9 +45,22 @@ class CorruptSegment(SpoolError):
         self.reason = reason
 
 
+class SpoolWriteFailed(SpoolError):
+    """A record could not be encoded or written to the spool (the disk failed, or full)."""
+
+
 class StoreError(ProtegeError):
     """A store operation failed; shipping retries it with backoff, nothing is dropped."""
 
 
 class StoreNotFound(StoreError):
     """The object does not exist."""
+
+
+class JudgeError(ProtegeError):
+    """A judge call failed for good, or a labels file cannot be used; ``raw`` keeps what the
+    judge sent, if anything."""
+
+    def __init__(self, message: str, raw: str = "") -> None:
+        super().__init__(message)
+        self.raw = raw

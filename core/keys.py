@@ -1,6 +1,7 @@
 """Every key of the store, in one place: pure functions from names to object keys.
 
     exchanges/task=<task>/date=YYYY-MM-DD/hour=HH/<segment-id>.parquet   exchange parts
+    feedback/task=<task>/date=YYYY-MM-DD/<segment-id>.parquet            feedback parts
     datasets/<task>/<snapshot>/<split>.parquet                            a dataset snapshot
     datasets/<task>/<snapshot>/card.json, card.md                         its card (written last)
     datasets/<task>/tests/<split>.parquet, manifest.json                  the frozen test sets
@@ -8,6 +9,8 @@
     adapters/<task>/<version>/adapter_model.safetensors
     adapters/<task>/<version>/protege.json                                its manifest (last)
     rollouts/routes.json                                                  runtime rollouts
+    judgements/<task>/<criterion>/<version>/<ulid>.parquet                cached judge verdicts
+    judges/<task>/<criterion>/calibration.json                            a criterion's calibration
 
 A part's key derives from the spool segment it came from, so shipping the same segment twice
 (after a crash between upload and delete) overwrites instead of duplicating. Files written last
@@ -23,6 +26,7 @@ from functools import lru_cache
 from typing import Final, NamedTuple
 
 EXCHANGES: Final = "exchanges"
+FEEDBACK: Final = "feedback"
 DATASETS: Final = "datasets"
 ADAPTERS: Final = "adapters"
 ROLLOUTS: Final = "rollouts/routes.json"
@@ -78,6 +82,28 @@ def parse_part_key(key: str) -> tuple[Partition, str] | None:
     if m is None:
         return None
     return Partition(m["task"], m["date"], m["hour"]), m["name"]
+
+
+# --- feedback ---
+
+
+class FeedbackPartition(NamedTuple):
+    task: str  # a task, or core.feedback.UNRESOLVED
+    date: str  # YYYY-MM-DD (UTC) of the feedback's arrival
+
+    @property
+    def prefix(self) -> str:
+        return f"{FEEDBACK}/task={self.task}/date={self.date}/"
+
+
+def feedback_partition_of(task: str, ts_us: int) -> FeedbackPartition:
+    """The partition of feedback on ``task`` that arrived ``ts_us`` microseconds after the epoch."""
+    return FeedbackPartition(task, _date_hour(ts_us // _US_PER_HOUR)[0])
+
+
+def feedback_part_key(partition: FeedbackPartition, name: str) -> str:
+    """The key of the feedback part ``name`` (a segment id) in ``partition``."""
+    return f"{partition.prefix}{name}.parquet"
 
 
 # --- datasets ---
@@ -147,3 +173,17 @@ def _complete(keys: Iterable[str], prefix: str, marker: str, *, depth: int) -> l
         if len(parts) == depth + 1 and parts[-1] == marker:
             out.append("/".join(parts[:-1]))
     return out
+
+
+JUDGEMENTS: Final = "judgements"
+JUDGES: Final = "judges"
+
+
+def judgements_prefix(task: str, criterion: str, version: str) -> str:
+    """The folder of one criterion version's cached verdicts (append-only parts)."""
+    return f"{JUDGEMENTS}/{task}/{criterion}/{version}/"
+
+
+def calibration_key(task: str, criterion: str) -> str:
+    """A criterion's stored calibration against human labels."""
+    return f"{JUDGES}/{task}/{criterion}/calibration.json"

@@ -6,6 +6,10 @@ partitions before any file is opened, then the ``ts`` filter drops rows at the e
 streamed, never the whole dataset, and a ``request_id`` seen before is dropped: a part may be
 visible twice for a while (a re-shipped segment, a compaction between upload and delete).
 
+Feedback (``core.feedback``) has its own reader here, ``read_feedback``, deduplicated by
+``(request_id, feedback_id)`` (newest wins); ``find_task`` is the gateway's look-up of the task
+of one request id.
+
 A file that vanishes during a scan (compaction deleted it after uploading its merge) restarts the
 scan on a fresh listing; ids already returned are skipped, so the caller sees each record once.
 """
@@ -23,7 +27,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from core.errors import StoreError
-from core.keys import EXCHANGES
+from core.feedback import FEEDBACK_SCHEMA, dedupe
+from core.keys import EXCHANGES, FEEDBACK
 from core.record import SCHEMA
 from core.s3 import S3Settings
 
@@ -34,6 +39,8 @@ PARTITIONING: Final = pa.schema(
 _DATASET_SCHEMA: Final = pa.schema(
     [*SCHEMA, pa.field("date", pa.string()), pa.field("hour", pa.string())]
 )
+_FEEDBACK_PARTITIONING: Final = pa.schema([("task", pa.string()), ("date", pa.string())])
+_FEEDBACK_DATASET_SCHEMA: Final = pa.schema([*FEEDBACK_SCHEMA, pa.field("date", pa.string())])
 _TS: Final = pa.timestamp("us", tz="UTC")
 _RESTARTS: Final = 3  # scans restarted after a part vanished under the reader
 
@@ -131,6 +138,60 @@ def count_exchanges(
     return sum(batch.num_rows for batch in batches)
 
 
+def find_task(store_uri: str, request_id: str, *, since: datetime, until: datetime) -> str | None:
+    """The task of the exchange ``request_id`` stamped ``since <= ts < until``; None if the
+    store holds none. Reads only the partitions of that window and the ``request_id`` and
+    ``task`` columns (ids sort by time, so row-group statistics skip most of those). Blocking."""
+    row_filter = _filter(None, since, until)
+    assert row_filter is not None
+    row_filter = row_filter & (ds.field("request_id") == pa.scalar(request_id, pa.string()))
+    fs, root = filesystem_for(store_uri)
+    for batch in _scan(fs, root, store_uri, ["request_id", "task"], row_filter, 1024):
+        if batch.num_rows:
+            return str(batch.column("task")[0].as_py())
+    return None
+
+
+def read_feedback(
+    store_uri: str,
+    *,
+    task: str | Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pa.Table:
+    """Feedback on ``task`` (e.g. ``[task, core.feedback.UNRESOLVED]``) that arrived with
+    ``since <= ts < until``: one row per ``(request_id, feedback_id)``, the newest, newest
+    first (``core.feedback.dedupe``). Feedback is small next to exchanges: read whole. Blocking."""
+    terms = []
+    if task is not None:
+        tasks = [task] if isinstance(task, str) else list(task)
+        terms.append(ds.field("task").isin(pa.array(tasks, type=pa.string())))
+    if since is not None:
+        terms.append(ds.field("ts") >= pa.scalar(since, type=_TS))
+    if until is not None:
+        terms.append(ds.field("ts") < pa.scalar(until, type=_TS))
+    row_filter = None
+    for term in terms:
+        row_filter = term if row_filter is None else row_filter & term
+    fs, root = filesystem_for(store_uri)
+    empty = FEEDBACK_SCHEMA.empty_table()
+    for attempt in range(_RESTARTS + 1):
+        try:
+            dataset = _open_dataset(
+                fs, f"{root}/{FEEDBACK}", store_uri, _FEEDBACK_DATASET_SCHEMA,
+                _FEEDBACK_PARTITIONING,
+            )  # fmt: skip
+            if dataset is None:
+                return empty
+            table = dataset.to_table(columns=list(FEEDBACK_SCHEMA.names), filter=row_filter)
+            return dedupe(table.cast(FEEDBACK_SCHEMA))
+        except (OSError, pa.ArrowInvalid) as exc:
+            if isinstance(exc, OSError) and _vanished(exc) and attempt < _RESTARTS:
+                continue
+            raise StoreError(f"{store_uri}: cannot read feedback: {exc}") from exc
+    return empty  # unreachable: the last attempt returns or raises
+
+
 def _check_columns(columns: Sequence[str] | None) -> list[str]:
     if columns is None:
         return list(SCHEMA.names)
@@ -142,8 +203,14 @@ def _check_columns(columns: Sequence[str] | None) -> list[str]:
     return list(columns)
 
 
-def _open_dataset(fs: pafs.FileSystem, path: str, store_uri: str) -> ds.Dataset | None:
-    """The exchanges dataset, or None when the store has none yet (but exists)."""
+def _open_dataset(
+    fs: pafs.FileSystem,
+    path: str,
+    store_uri: str,
+    schema: pa.Schema = _DATASET_SCHEMA,
+    partitioning: pa.Schema = PARTITIONING,
+) -> ds.Dataset | None:
+    """The exchanges (or feedback) dataset, or None when the store has none yet (but exists)."""
     if not _exists(fs, path):
         bucket = path.split("/", 1)[0]
         if isinstance(fs, pafs.S3FileSystem) and not _exists(fs, bucket):
@@ -153,8 +220,8 @@ def _open_dataset(fs: pafs.FileSystem, path: str, store_uri: str) -> ds.Dataset 
         path,
         filesystem=fs,
         format="parquet",
-        schema=_DATASET_SCHEMA,
-        partitioning=ds.HivePartitioning(PARTITIONING, segment_encoding="none"),  # keys are raw
+        schema=schema,
+        partitioning=ds.HivePartitioning(partitioning, segment_encoding="none"),  # keys are raw
         ignore_prefixes=[".", "_"],  # the local store's ".tmp-" files, hidden files
     )
 

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from core.feedback import feedback_spool
 from core.ids import new_id
 from core.redact import Redactor
 from core.store import Store, open_store
@@ -27,6 +28,7 @@ from gateway.config import GatewaySettings, RouteConfig
 from gateway.dispatch import Dispatch
 from gateway.drift import DriftMonitor
 from gateway.errors import ApiError, ServiceUnavailable, UpstreamError, error_body
+from gateway.feedback import Feedback, FeedbackDesk, FeedbackEncoder
 from gateway.intake import ENDPOINTS, Intake
 from gateway.metrics import Metrics, TaskLabels
 from gateway.monitor import Monitor
@@ -59,6 +61,8 @@ class Gateway:
     rollouts: Rollouts
     drift: DriftMonitor
     dispatch: Dispatch
+    feedback: FeedbackDesk
+    feedback_spool: SpoolWriter[Feedback]
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -72,15 +76,21 @@ class Gateway:
         if s.base_url is not None:
             upstream = Upstream.configured("student", s.base_url, s, metrics)
             student = StudentBackend(upstream, s.adapter_prefix)
-        encoder = RecordEncoder(Redactor.from_config(settings.redaction), metrics)
-        spool: SpoolWriter[Exchange] = SpoolWriter(settings.spool, encoder, metrics)
-        intake = Intake(
-            KeyCheck(k.get_secret_value() for k in settings.api_keys),
-            routes,
-            labels,
-            settings.hash_salt.get_secret_value().encode(),
-            settings.max_body_bytes,
+        redactor = Redactor.from_config(settings.redaction)
+        spool: SpoolWriter[Exchange] = SpoolWriter(
+            settings.spool, RecordEncoder(redactor, metrics), metrics
         )
+        keys = KeyCheck(k.get_secret_value() for k in settings.api_keys)
+        salt = settings.hash_salt.get_secret_value().encode()
+        intake = Intake(keys, routes, labels, salt, settings.max_body_bytes)
+        fb_config = settings.spool.model_copy(update={"dir": feedback_spool(settings.spool.dir)})
+        fb_spool: SpoolWriter[Feedback] = SpoolWriter(
+            fb_config, FeedbackEncoder(redactor), metrics.feedback_spool, strict=True
+        )
+        feedback = FeedbackDesk(
+            settings.feedback, keys=keys, salt=salt, max_body_bytes=settings.max_body_bytes,
+            spool=fb_spool, store_uri=settings.store, metrics=metrics, task_labels=labels,
+        )  # fmt: skip
         proxy = Proxy(Capture(spool, metrics, settings.logging.access_log), metrics)
         store = open_store(settings.store)
         background = Background()
@@ -100,7 +110,7 @@ class Gateway:
         )
         return cls(
             settings, metrics, intake, routes, teacher, student, spool, proxy, store,
-            background, rollouts, drift, dispatch,
+            background, rollouts, drift, dispatch, feedback, fb_spool,
         )  # fmt: skip
 
     @property
@@ -109,6 +119,7 @@ class Gateway:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.start)
+        await asyncio.to_thread(self.feedback_spool.start)
         for upstream in self.upstreams:
             await upstream.start()
         await self.store.start()
@@ -138,6 +149,7 @@ class Gateway:
         await asyncio.to_thread(self.drift.stop)
         await self.store.aclose()
         await self.spool.aclose()
+        await self.feedback_spool.aclose()
         log.info("gateway stopped")
 
     async def forward(self, request: Request, path: str) -> Response:
@@ -146,6 +158,7 @@ class Gateway:
         request.scope[REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         inc = await self.intake.admit(request, path, request_id)
+        self.feedback.recent.add(request_id, inc.task)
         structlog.contextvars.bind_contextvars(task=inc.task)
         if self.settings.spool.on_full == "reject" and self.spool.full:
             raise ServiceUnavailable("the capture spool is full; try again shortly")
@@ -191,6 +204,10 @@ def _add_routes(app: FastAPI, gw: Gateway) -> None:
     # Registered so that the OpenAPI schema lists them; FastLane serves them in production.
     for path in ENDPOINTS:
         app.add_api_route(f"/v1{path}", _endpoint(gw.forward, path), methods=["POST"])
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        return await gw.feedback.accept(request)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -118,6 +118,21 @@ class RolloutSettings(Model):
     drift_queue: int = Field(default=10000, ge=1)
 
 
+class FeedbackConfig(Model):
+    """``POST /v1/feedback``: how a request id finds its task (see ``gateway.feedback``)."""
+
+    # Seconds after which every replica's exchange is surely in the store: feedback on an id
+    # older than this that is found nowhere is refused (404); a newer one is kept unresolved.
+    unknown_after_s: float = Field(default=900.0, gt=0)
+    # Request ids (and tasks) of this gateway's recent requests held in memory (0: none).
+    recent_requests: int = Field(default=200_000, ge=0)
+    # How long after its id was issued an exchange record may be stamped (its ``ts``): the
+    # store look-up reads the hour partitions of [id time, id time + this].
+    lookup_window_s: float = Field(default=600.0, gt=0)
+    # Store look-ups in flight at once; more wait their turn.
+    lookup_concurrency: int = Field(default=4, ge=1)
+
+
 class GatewaySettings(Model):
     """Everything ``protege gateway`` needs, validated."""
 
@@ -136,6 +151,7 @@ class GatewaySettings(Model):
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     rollouts: RolloutSettings = RolloutSettings()
+    feedback: FeedbackConfig = FeedbackConfig()
     # Where the sidecar ships records: file://DIR or s3://bucket/prefix.
     store: StoreUri = DEFAULT_STORE
 
@@ -185,7 +201,7 @@ class GatewaySettings(Model):
 
 
 # Sections of the shared config file that belong to other services.
-_OTHER_SERVICES = ("sidecar", "trainer")
+_OTHER_SERVICES = ("sidecar", "trainer", "judges")
 
 
 def load_settings(

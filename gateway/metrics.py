@@ -8,6 +8,7 @@ others seen in traffic, then folds the rest into ``other``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Self
 
 import prometheus_client
@@ -91,6 +92,37 @@ class TaskLabels:
         return task
 
 
+@dataclass(frozen=True)
+class FeedbackSpoolMetrics:
+    """The collectors of the feedback spool's writer (``gateway.spool.SpoolMetrics``)."""
+
+    spool_records: Counter
+    spool_written_bytes: Counter
+    spool_dropped: Counter
+    spool_torn: Counter
+    spool_sealed: Counter
+    spool_bytes: Gauge
+    spool_full: Gauge
+
+    @classmethod
+    def create(cls, r: CollectorRegistry) -> FeedbackSpoolMetrics:
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"protege_feedback_spool_{name}", doc, list(labels), registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"protege_feedback_spool_{name}", doc, registry=r)
+
+        return cls(
+            counter("records", "Feedback records written to the feedback spool."),
+            counter("written_bytes", "Bytes of feedback records written to the feedback spool."),
+            counter("dropped", "Feedback not written, by reason (each answered 503).", "reason"),
+            counter("torn_records", "Torn records cut from a crashed feedback segment's tail."),
+            counter("segments_sealed", "Feedback spool segments sealed for the sidecar."),
+            gauge("bytes", "Bytes held in the feedback spool (open and sealed segments)."),
+            gauge("full", "1 while the feedback spool is at its cap, else 0."),
+        )
+
+
 class Metrics:
     """Every collector the gateway exports, registered in one registry."""
 
@@ -102,6 +134,18 @@ class Metrics:
         self._rollout(r)
         self._shadow(r)
         self._monitors(r)
+        self._feedback(r)
+
+    def _feedback(self, r: CollectorRegistry) -> None:
+        self.feedback = Counter(
+            "protege_feedback",
+            "Feedback accepted from applications, by task and kind (score, label, correction; "
+            "one feedback may count under several kinds). task=_unresolved: the request was "
+            "not known yet.",
+            ["task", "kind"],
+            registry=r,
+        )
+        self.feedback_spool = FeedbackSpoolMetrics.create(r)
 
     def _traffic(self, r: CollectorRegistry) -> None:
         self.requests = Counter(

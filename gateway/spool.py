@@ -2,7 +2,8 @@
 
 The segment format and its readers live in ``core.segment``. A record is written to the OS
 before its request is answered, so killing the process loses no acknowledged record; fsync
-policy decides what a power loss may take.
+policy decides what a power loss may take. The gateway keeps two writers: exchanges in the
+spool directory, feedback in its ``feedback/`` sub-directory (``core.feedback``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import structlog
+from prometheus_client import Counter, Gauge
 
+from core.errors import SpoolWriteFailed
 from core.ids import new_id
 from core.segment import (
     HEADER,
@@ -35,7 +38,6 @@ from core.segment import (
     spool_bytes,
 )
 from core.settings import SpoolConfig
-from gateway.metrics import Metrics
 
 _MAX_BATCH: Final = 1024  # records per write; bounds how far a batch overshoots a segment
 _RESCAN_S: Final = 1.0  # the sidecar deletes segments: re-measure the directory this often
@@ -46,10 +48,32 @@ T = TypeVar("T")
 _Entry = tuple[T, asyncio.Future[None]]  # an item and the future its submitter awaits
 
 
-def _resolve(futures: list[asyncio.Future[None]]) -> None:
+class SpoolMetrics(Protocol):
+    """The collectors a writer keeps (``gateway.metrics`` has a set per spool)."""
+
+    @property
+    def spool_records(self) -> Counter: ...
+    @property
+    def spool_written_bytes(self) -> Counter: ...
+    @property
+    def spool_dropped(self) -> Counter: ...
+    @property
+    def spool_torn(self) -> Counter: ...
+    @property
+    def spool_sealed(self) -> Counter: ...
+    @property
+    def spool_bytes(self) -> Gauge: ...
+    @property
+    def spool_full(self) -> Gauge: ...
+
+
+def _resolve(futures: list[asyncio.Future[None]], failed: list[asyncio.Future[None]]) -> None:
     for future in futures:
         if not future.done():  # a client that went away may have cancelled its wait
             future.set_result(None)
+    for future in failed:
+        if not future.done():
+            future.set_exception(SpoolWriteFailed("the record could not be written to the spool"))
 
 
 @dataclass
@@ -70,21 +94,27 @@ class SpoolWriter(Generic[T]):
     writes whatever is queued with one ``os.write`` (then fsyncs when fsync is ``always``) and
     resolves that batch's futures with one callback into the event loop. A second thread, the
     finisher, does the interval fsyncs and the sealing, so a slow disk never holds up a write.
+
+    A record that cannot be encoded or written is counted and logged. Its future still
+    resolves (the exchange was answered anyway), unless the writer is ``strict``: then it
+    fails with ``SpoolWriteFailed``, for a submitter whose answer promises the record is kept.
     """
 
     def __init__(
         self,
         config: SpoolConfig,
         encode: Callable[[T], bytes],
-        metrics: Metrics,
+        metrics: SpoolMetrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        strict: bool = False,
     ) -> None:
         self._config = config
         self._dir = Path(config.dir)
         self._encode = encode
         self._metrics = metrics
         self._clock = clock
+        self._strict = strict
         self._queue: queue.SimpleQueue[_Entry[T] | None] = queue.SimpleQueue()
         self._lock = threading.RLock()  # re-entrant: close() may interrupt submit() on SIGTERM
         self._thread: threading.Thread | None = None
@@ -217,32 +247,44 @@ class SpoolWriter(Generic[T]):
     def _write_batch(self, batch: list[_Entry[T]]) -> None:
         if not batch:
             return
+        futures = [future for _, future in batch]
+        failed: list[asyncio.Future[None]] = futures
         try:
-            parts = self._frame(batch)
-            if parts:
-                self._append(parts, len(parts) // 2)
+            parts, failed = self._frame(batch)
+            if parts and not self._append(parts, len(parts) // 2):
+                failed = futures
         finally:
-            self._notify([future for _, future in batch])
+            if not self._strict:
+                failed = []
+            elif failed:
+                futures = [f for f in futures if f not in failed]
+            self._notify(futures, failed)
         seg = self._segment
         if seg is not None and seg.size >= self._config.segment_max_bytes:
             self._seal()
 
-    def _frame(self, batch: list[_Entry[T]]) -> list[bytes]:
-        """Headers and payloads, alternating; an item that fails to encode is dropped."""
+    def _frame(
+        self, batch: list[_Entry[T]]
+    ) -> tuple[list[bytes], list[asyncio.Future[None]]]:
+        """Headers and payloads, alternating; an item that fails to encode is dropped (its
+        future is in the second list)."""
         parts: list[bytes] = []
+        failed: list[asyncio.Future[None]] = []
         pack, crc32 = HEADER.pack, zlib.crc32
-        for item, _ in batch:
+        for item, future in batch:
             try:
                 payload = self._encode(item)
                 head = pack(len(payload), crc32(payload))
             except Exception:
                 self._dropped_encode.inc()
                 log.exception("spool_encode_failed_record_dropped")
+                failed.append(future)
                 continue
             parts += (head, payload)
-        return parts
+        return parts, failed
 
-    def _append(self, parts: list[bytes], records: int) -> None:
+    def _append(self, parts: list[bytes], records: int) -> bool:
+        """Writes framed records to the open segment; False when the write failed."""
         seg = self._segment
         try:
             if seg is None:
@@ -258,22 +300,27 @@ class SpoolWriter(Generic[T]):
             log.error("spool_write_failed", error=str(exc), records_dropped=records)
             if seg is not None:
                 self._abandon(seg)
-            return
+            return False
         seg.size += len(data)
         seg.records += records
         self._metrics.spool_records.inc(records)
         self._metrics.spool_written_bytes.inc(len(data))
         self._bytes += len(data)
         self._publish()
+        return True
 
-    def _notify(self, futures: list[asyncio.Future[None]]) -> None:
-        """Resolves ``futures`` with one callback per event loop (one loop in practice)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for future in futures:
-            by_loop.setdefault(future.get_loop(), []).append(future)
-        for loop, group in by_loop.items():
+    def _notify(
+        self, futures: list[asyncio.Future[None]], failed: list[asyncio.Future[None]]
+    ) -> None:
+        """Settles ``futures`` (written) and ``failed`` with one callback per event loop (one
+        loop in practice)."""
+        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[Any]]] = {}
+        for i, group in enumerate((futures, failed)):
+            for future in group:
+                by_loop.setdefault(future.get_loop(), ([], []))[i].append(future)
+        for loop, (written, lost) in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, group)
+                loop.call_soon_threadsafe(_resolve, written, lost)
 
     def _open_segment(self) -> _Segment:
         while True:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
+from core.feedback import feedback_spool
 from core.settings import (
     DEFAULT_STORE,
     LoggingConfig,
@@ -65,6 +66,11 @@ class SidecarSettings(Model):
     def quarantine(self) -> Path:
         """Where damaged segments are moved, for a person to look at."""
         return Path(self.spool.dir) / "quarantine"
+
+    @property
+    def feedback_spool(self) -> Path:
+        """The gateway's feedback spool (``core.feedback``), shipped beside the exchanges."""
+        return feedback_spool(self.spool.dir)
 
 
 _SECTIONS = ("spool", "store", "logging", "sidecar")

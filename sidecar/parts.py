@@ -1,4 +1,7 @@
-"""Spool segment -> Parquet parts, one per (task, date, hour) partition the segment touches.
+"""Spool segment -> Parquet parts, one per partition the segment touches.
+
+A ``Layout`` says which table a spool holds: exchanges (``EXCHANGES``: one part per task, date
+and hour) or feedback (``FEEDBACK``: one part per task and date, ``core.feedback``).
 
 Streams the segment record by record and writes each partition's rows in row groups as they
 fill, so memory stays flat however large the segment or the backlog: at most one batch of rows
@@ -8,17 +11,18 @@ run it on a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import CorruptSegment
-from core.keys import Partition, part_key, partition_of
+from core.feedback import FEEDBACK_SCHEMA, feedback_to_table
+from core.keys import feedback_part_key, feedback_partition_of, part_key, partition_of
 from core.record import SCHEMA, records_to_table
 from core.segment import iter_records
 
@@ -26,16 +30,31 @@ COMPRESSION: Final = "zstd"
 ROWS_PER_BATCH: Final = 2048  # rows buffered per partition before they become a row group
 
 
-def parquet_writer(path: Path) -> pq.ParquetWriter:
-    """A writer of the exchange schema with the store's encoding settings."""
-    return pq.ParquetWriter(path, SCHEMA, compression=COMPRESSION, write_statistics=True)
+def parquet_writer(path: Path, schema: pa.Schema = SCHEMA) -> pq.ParquetWriter:
+    """A writer of the exchange schema (or ``schema``) with the store's encoding settings."""
+    return pq.ParquetWriter(path, schema, compression=COMPRESSION, write_statistics=True)
+
+
+class Layout(NamedTuple):
+    """How one kind of record becomes parts: its schema, and the partition of a record."""
+
+    schema: pa.Schema
+    to_table: Callable[[Iterable[Mapping[str, Any]]], pa.Table]
+    partition: Callable[[str, int], Hashable]  # (task, ts in µs) -> partition
+    key: Callable[[Any, str], str]  # (partition, segment id) -> the part's key
+
+
+EXCHANGES: Final = Layout(SCHEMA, records_to_table, partition_of, part_key)
+FEEDBACK: Final = Layout(
+    FEEDBACK_SCHEMA, feedback_to_table, feedback_partition_of, feedback_part_key
+)
 
 
 @dataclass
 class Part:
     """One Parquet file made from a segment, ready to upload under ``key``."""
 
-    partition: Partition
+    partition: Hashable
     key: str
     path: Path
     records: int = 0
@@ -45,13 +64,14 @@ class Part:
 class _Open:
     part: Part
     writer: pq.ParquetWriter
+    layout: Layout
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def flush(self, segment: Path) -> None:
         if not self.rows:
             return
         try:
-            table = records_to_table(self.rows)
+            table = self.layout.to_table(self.rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise CorruptSegment(segment, -1, f"a record does not fit the schema: {exc}") from exc
         self.writer.write_table(table)
@@ -65,6 +85,7 @@ def segment_to_parts(
     *,
     on_record: Callable[[int], None] | None = None,
     rows_per_batch: int = ROWS_PER_BATCH,
+    layout: Layout = EXCHANGES,
 ) -> list[Part]:
     """Parquet parts of ``segment``, written under ``workdir``, keyed by the segment's id.
 
@@ -72,17 +93,18 @@ def segment_to_parts(
     a task and a timestamp; the parts written before the damage was found are removed.
     """
     segment_id = segment.stem
-    open_parts: dict[Partition, _Open] = {}
+    open_parts: dict[Hashable, _Open] = {}
     whole = False
     try:
         for payload in iter_records(segment):
             record = _decode(segment, payload)
-            partition = partition_of(record["task"], record["ts"])
+            partition = layout.partition(record["task"], record["ts"])
             current = open_parts.get(partition)
             if current is None:
                 path = workdir / f"{segment_id}.{len(open_parts)}.parquet"
-                part = Part(partition, part_key(partition, segment_id), path)
-                current = open_parts[partition] = _Open(part, parquet_writer(path))
+                part = Part(partition, layout.key(partition, segment_id), path)
+                writer = parquet_writer(path, layout.schema)
+                current = open_parts[partition] = _Open(part, writer, layout)
             current.rows.append(record)
             if len(current.rows) >= rows_per_batch:
                 current.flush(segment)

@@ -4,6 +4,9 @@ Continuous mode: ship what is sealed, wait ``poll_interval_s`` (or less when tol
 again. On SIGTERM it waits for the gateway beside it to seal its last segment
 (``shutdown_wait_s``), ships everything sealed with bounded retries, and exits; whatever could
 not be shipped stays in the spool for the next start. Compaction runs on its own timer.
+
+Two spools are shipped, each pass in turn: the exchanges (the spool directory) and the
+feedback (its ``feedback/`` sub-directory, ``core.feedback``), each to its own table.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import StoreError
-from core.store import open_store
+from core.store import Store, open_store
 from sidecar.config import SidecarSettings
 from sidecar.metrics import SidecarMetrics
+from sidecar.parts import FEEDBACK
 from sidecar.ship import Backoff, GaveUp, Shipper
 
 log = structlog.get_logger("sidecar")
@@ -44,29 +48,25 @@ async def run(
     metrics = metrics or SidecarMetrics()
     cfg = settings.sidecar
     async with open_store(settings.store) as store:
-        shipper = Shipper(
-            settings.spool.dir, store, settings.workdir, settings.quarantine, metrics,
-            Backoff(cfg.retry_base_s, cfg.retry_max_s),
-        )  # fmt: skip
+        shippers = _shippers(settings, store, metrics, stop)
+        shipper = shippers[0]  # the exchanges'; they all share its stopping event
         await asyncio.to_thread(shipper.clean_workdir)
         if once:
-            return await _drain(shipper, cfg.once_max_attempts)
+            return await _drain(shippers, cfg.once_max_attempts)
         runner = await _serve_metrics(settings, metrics, shipper)
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
-        if stop is not None:
-            shipper.stopping = stop
         for sig in signals:
             loop.add_signal_handler(sig, shipper.stopping.set)
         log.info("sidecar started", spool=str(settings.spool.dir), store=store.uri)
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(_ship_forever(shipper, cfg.poll_interval_s))
+                tasks.create_task(_ship_forever(shippers, cfg.poll_interval_s))
                 if cfg.compaction.enabled:
                     tasks.create_task(_compact_forever(shipper, settings, metrics))
-            await _wait_for_writers(shipper, cfg.shutdown_wait_s)
+            await _wait_for_writers(shippers, cfg.shutdown_wait_s)
             shipper.stopping.clear()  # the final pass retries within its own bound
-            return await _drain(shipper, _FINAL_ATTEMPTS)
+            return await _drain(shippers, _FINAL_ATTEMPTS)
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -74,10 +74,31 @@ async def run(
             log.info("sidecar stopped")
 
 
-async def _drain(shipper: Shipper, attempts: int) -> int:
-    """Ship everything sealed with bounded retries: 0 when the spool is drained, else 1."""
+def _shippers(
+    settings: SidecarSettings, store: Store, metrics: SidecarMetrics, stop: asyncio.Event | None
+) -> list[Shipper]:
+    """The exchanges' shipper, then the feedback's; one stopping event for both."""
+    cfg = settings.sidecar
+    backoff = Backoff(cfg.retry_base_s, cfg.retry_max_s)
+    exchanges = Shipper(
+        settings.spool.dir, store, settings.workdir, settings.quarantine, metrics, backoff
+    )
+    feedback = Shipper(
+        settings.feedback_spool, store, settings.workdir / "feedback",
+        settings.quarantine / "feedback", metrics, backoff, FEEDBACK, reports_backlog=False,
+    )  # fmt: skip
+    if stop is not None:
+        exchanges.stopping = stop
+    feedback.stopping = exchanges.stopping
+    return [exchanges, feedback]
+
+
+async def _drain(shippers: list[Shipper], attempts: int) -> int:
+    """Ship everything sealed with bounded retries: 0 when the spools are drained, else 1."""
+    shipped = 0
     try:
-        shipped = await shipper.ship_all(max_attempts=attempts)
+        for shipper in shippers:
+            shipped += await shipper.ship_all(max_attempts=attempts)
     except GaveUp as exc:
         log.error("store unavailable, segments kept in the spool", error=str(exc))
         return 1
@@ -85,16 +106,18 @@ async def _drain(shipper: Shipper, attempts: int) -> int:
     return 0
 
 
-async def _ship_forever(shipper: Shipper, interval: float) -> None:
-    while not shipper.stopping.is_set():
-        try:
-            await shipper.ship_all()
-        except GaveUp:
-            pass  # raised only once stopping: the final pass takes over
-        except Exception:  # the loop's one boundary: log, wait, try again, never crash-loop
-            log.exception("shipping pass failed; will try again")
+async def _ship_forever(shippers: list[Shipper], interval: float) -> None:
+    stopping = shippers[0].stopping
+    while not stopping.is_set():
+        for shipper in shippers:
+            try:
+                await shipper.ship_all()
+            except GaveUp:
+                pass  # raised only once stopping: the final pass takes over
+            except Exception:  # the loop's one boundary: log, wait, try again, never crash-loop
+                log.exception("shipping pass failed; will try again", spool=str(shipper.spool))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(shipper.stopping.wait(), interval)
+            await asyncio.wait_for(stopping.wait(), interval)
 
 
 async def _compact_forever(
@@ -118,13 +141,15 @@ async def _compact_forever(
             log.warning("compaction failed; will try again", error=str(exc))
 
 
-async def _wait_for_writers(shipper: Shipper, wait_s: float) -> None:
-    """Give a gateway that is shutting down time to seal its open segment."""
+async def _wait_for_writers(shippers: list[Shipper], wait_s: float) -> None:
+    """Give a gateway that is shutting down time to seal its open segments."""
     deadline = time.monotonic() + wait_s
+
+    def alive() -> bool:
+        return any(shipper.writers_alive() for shipper in shippers)
+
     # Polling: the writer is another process, whose file lock no event of ours can watch.
-    while time.monotonic() < deadline and await asyncio.to_thread(  # noqa: ASYNC110
-        shipper.writers_alive
-    ):
+    while time.monotonic() < deadline and await asyncio.to_thread(alive):  # noqa: ASYNC110
         await asyncio.sleep(0.1)
 
 

@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -27,7 +28,7 @@ from core.ids import id_time_ms
 from core.segment import OPEN_SUFFIX, fsync_dir, recover_orphans, sealed_segments
 from core.store import Store
 from sidecar.metrics import SidecarMetrics
-from sidecar.parts import Part, segment_to_parts
+from sidecar.parts import EXCHANGES, Layout, Part, segment_to_parts
 
 log = structlog.get_logger("sidecar")
 
@@ -56,8 +57,15 @@ class Shipper:
         quarantine: Path,
         metrics: SidecarMetrics,
         backoff: Backoff,
+        layout: Layout = EXCHANGES,
+        *,
+        reports_backlog: bool = True,
     ) -> None:
-        self.spool, self.store = spool, store
+        """Ships the segments in ``spool`` holding records of ``layout`` (exchanges, or
+        feedback from its own spool); the backlog gauges are of the shipper that
+        ``reports_backlog`` (the exchanges')."""
+        self.spool, self.store, self.layout = spool, store, layout
+        self.reports_backlog = reports_backlog
         self.workdir, self.quarantine_dir = workdir, quarantine
         self.metrics, self.backoff = metrics, backoff
         self.stopping = asyncio.Event()
@@ -74,14 +82,17 @@ class Shipper:
             if self.stopping.is_set() and max_attempts is None:
                 break
             shipped += await self.ship(segment, max_attempts)
-        await asyncio.to_thread(self.observe_backlog)
+        if self.reports_backlog:
+            await asyncio.to_thread(self.observe_backlog)
         return shipped
 
     async def ship(self, segment: Path, max_attempts: int | None = None) -> int:
         """Store one sealed segment's parts, then delete it. 1 if shipped, 0 if quarantined."""
         await asyncio.to_thread(self.workdir.mkdir, parents=True, exist_ok=True)
         try:
-            parts = await asyncio.to_thread(segment_to_parts, segment, self.workdir)
+            parts = await asyncio.to_thread(
+                partial(segment_to_parts, segment, self.workdir, layout=self.layout)
+            )
         except CorruptSegment as exc:
             await asyncio.to_thread(self._quarantine, segment, exc)
             return 0

@@ -2,6 +2,8 @@
 
 Per record, ``Rules.examine`` (rules compiled once from a task's ``CurationConfig``):
 
+0. Negative feedback from the application (``trainer.feedback``) drops the record, unless a
+   correction replaces its answer.
 1. ``to_example``: only chat exchanges with a usable answer. A human correction (request id ->
    gold output) replaces the logged answer and stands whatever that answer was: a failed, cut
    or student exchange with a correction is an example. Otherwise the exchange must be a
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
@@ -68,6 +71,7 @@ MUST_NOT_MATCH: Final = "must_not_match"
 REFUSAL: Final = "refusal"
 NO_LABEL: Final = "no_label"  # the label rule found nothing (or the JSON did not parse)
 UNKNOWN_LABEL: Final = "unknown_label"  # a label outside the configured classes
+NEGATIVE_FEEDBACK: Final = "negative_feedback"  # the application said the answer was bad
 TEST_GROUP: Final = "test_group"  # the group is in the frozen test sets
 GROUP_CAP: Final = "group_cap"
 BALANCE: Final = "balance"
@@ -240,9 +244,16 @@ class Rules:
         )
 
     def examine(
-        self, record: Mapping[str, Any], corrections: Mapping[str, str] | None = None
+        self,
+        record: Mapping[str, Any],
+        corrections: Mapping[str, str] | None = None,
+        negative: AbstractSet[str] = frozenset(),
     ) -> Outcome:
-        """A record through conversion, scrubbing, the filters and labelling."""
+        """A record through negative feedback (the request ids in ``negative``), conversion,
+        scrubbing, the filters and labelling."""
+        request_id = str(record.get("request_id"))
+        if request_id in negative and request_id not in (corrections or {}):
+            return _drop(NEGATIVE_FEEDBACK)
         outcome = to_example(record, corrections)
         if outcome.example is None:
             return outcome

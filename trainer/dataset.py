@@ -14,6 +14,13 @@ that folder. Builds of one task are not run concurrently.
 Corrections (``CurationConfig.corrections``): a Parquet file of ``request_id`` and
 ``completion`` (the gold output). An ``s3://`` or ``file://`` URI names a file in any store, an
 existing local path a local file; anything else is a key in the task's own store.
+
+Feedback (``trainer.feedback``): the task's feedback in the store (``feedback/``, its own and
+the unresolved rows) drops what the application called bad (``negative_feedback``) and adds
+its corrections to those of the file (the file wins on conflict). The card counts both
+(``feedback``; ``feedback_corrections``: per split, examples whose gold came from feedback).
+Frozen test sets stay as they were made: feedback on one of their examples changes nothing
+there; the card counts it (``on_frozen_tests``) and the build logs it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import asyncio
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Set as AbstractSet
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +61,7 @@ from trainer.examples import (
     examples_to_table,
     snapshot_id,
 )
+from trainer.feedback import feedback_counts, load_feedback, merge_corrections
 from trainer.settings import CurationConfig
 
 _COLUMNS: Final = (
@@ -82,6 +91,12 @@ class DatasetCard:
     tests_from: str | None  # the snapshot that made the test sets; None: none yet
     tests_reused: bool  # the frozen test sets were copied, not made by this build
     config: dict[str, Any]  # the CurationConfig used
+    # Feedback read: records, negative_requests, corrections, overridden_by_file (feedback
+    # corrections the corrections file replaced), on_frozen_tests (requests in the frozen test
+    # sets with feedback, left as they were). Empty in cards made before feedback.
+    feedback: dict[str, int] = field(default_factory=dict)
+    # Per split: examples whose gold output is a feedback correction (source "correction").
+    feedback_corrections: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -89,7 +104,7 @@ class DatasetCard:
     @classmethod
     def from_json(cls, data: bytes) -> DatasetCard:
         doc = orjson.loads(data)
-        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
 
     def to_markdown(self) -> str:
         return render_card(self)
@@ -121,6 +136,10 @@ def render_card(card: DatasetCard) -> str:
         for label in labels:
             counts = " | ".join(str(card.classes.get(s, {}).get(label, 0)) for s in SPLITS)
             lines.append(f"| {label} | {counts} |")
+    if card.feedback:
+        lines += ["", "## Feedback", "", "| | count |", "|---|---:|"]
+        lines += [f"| {name} | {n} |" for name, n in card.feedback.items()]
+        lines += [f"| corrections in {s} | {n} |" for s, n in card.feedback_corrections.items()]
     lines += ["", "## Dropped", "", "| reason | count |", "|---|---:|"]
     lines += [f"| {reason} | {n} |" for reason, n in card.drops.items()] or ["| (none) | 0 |"]
     config = orjson.dumps(card.config, option=orjson.OPT_INDENT_2).decode()
@@ -147,6 +166,8 @@ class _Build:
         drops: Counter[str],
         tests_from: str | None,
         reused: bool,
+        feedback: Mapping[str, int],
+        feedback_ids: AbstractSet[str],
     ) -> DatasetCard:
         return DatasetCard(
             task=self.task,
@@ -164,6 +185,11 @@ class _Build:
             tests_from=tests_from,
             tests_reused=reused,
             config=self.config.model_dump(mode="json"),
+            feedback=dict(feedback),
+            feedback_corrections={
+                s: sum(e.source == "correction" and e.request_id in feedback_ids for e in splits[s])
+                for s in SPLITS
+            },
         )
 
 
@@ -200,10 +226,13 @@ async def build_snapshot(
     async with open_store(store_uri) as store:
         with tempfile.TemporaryDirectory(prefix="protege-dataset-") as tmp:
             workdir = Path(tmp)
-            corrections = await load_corrections(store, config.corrections, workdir)
+            from_file = await load_corrections(store, config.corrections, workdir)
+            told = await asyncio.to_thread(load_feedback, store_uri, task, config)
+            corrections, overridden = merge_corrections(from_file, told.corrections)
             frozen = await _load_frozen(store, task, workdir)
+            tests = frozen.tests if frozen else None
             records_in, splits, drops = await asyncio.to_thread(
-                _curate, store_uri, build, rules, corrections, frozen.tests if frozen else None
+                _curate, store_uri, build, rules, corrections, told.negative, tests
             )
             if frozen is not None:
                 test_files, tests_from = frozen.files, frozen.made_by
@@ -211,7 +240,11 @@ async def build_snapshot(
                 test_files = await _write_splits(workdir, splits, TEST_SPLITS)
                 tests_from = await _freeze(store, build, splits, test_files)
             files = {**test_files, **await _write_splits(workdir, splits, ("train",))}
-            card = build.card(records_in, splits, drops, tests_from, reused=frozen is not None)
+            counts = feedback_counts(task, told, overridden, tests)
+            card = build.card(
+                records_in, splits, drops, tests_from, frozen is not None,
+                counts, told.corrections.keys() - from_file.keys(),
+            )  # fmt: skip
             await _put_snapshot(store, build, files, card)
     return card
 
@@ -228,6 +261,7 @@ def _curate(
     build: _Build,
     rules: Rules,
     corrections: Mapping[str, str],
+    negative: AbstractSet[str],
     frozen: FrozenTests | None,
 ) -> tuple[int, dict[str, list[Example]], Counter[str]]:
     """Read and examine every record, then split: ``(records read, splits, drops)``.
@@ -248,7 +282,7 @@ def _curate(
     for batch in batches:
         for record in batch.to_pylist():
             records_in += 1
-            outcome = rules.examine(record, corrections)
+            outcome = rules.examine(record, corrections, negative)
             if outcome.example is None:
                 drops[outcome.reason or "unknown"] += 1
             else:

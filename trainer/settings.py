@@ -17,6 +17,16 @@
           test_fraction: 0.1                       # share of groups held out for test-indist
           test_balanced_per_class: 50              # size of test-balanced per class
           corrections: s3://bucket/corrections/tickets.parquet   # request_id -> gold output
+          feedback: true                           # use the applications' feedback (below)
+          negative_labels: [bad, wrong, incorrect, thumbs_down, negative]
+          negative_score_below: 0                  # null: scores never make feedback negative
+
+Feedback (``POST /v1/feedback``, read from the store's ``feedback/`` table): an exchange with
+negative feedback is dropped (``negative_feedback``) unless it has a correction. Feedback is
+negative when its label, case-folded, is one of ``negative_labels``, or its score is strictly
+below ``negative_score_below`` (default 0: a score under 0 is negative, 0 and above are not).
+A feedback ``correction`` is a gold output like those of the ``corrections`` file, which wins
+where both correct one request.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ DEFAULT_REFUSALS = (
     "I am sorry, but I cannot",
     "As an AI language model",
 )
+
+DEFAULT_NEGATIVE_LABELS = ("bad", "wrong", "incorrect", "thumbs_down", "negative")
 
 
 class LabelRule(Model):
@@ -71,6 +83,10 @@ class CurationConfig(Model):
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_balanced_per_class: int = Field(default=50, ge=0)
     corrections: str | None = None
+    # Applications' feedback: drop what they call bad, learn their corrections (module doc).
+    feedback: bool = True
+    negative_labels: tuple[str, ...] = DEFAULT_NEGATIVE_LABELS
+    negative_score_below: float | None = 0.0
 
 
 class TrainerConfig(Model):
