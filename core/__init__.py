@@ -25,5 +25,6 @@ The data path, and the module that owns each step::
                    with the adapter and is the gateway's drift reference
 
 Beside the path: the errors every part raises (``core.errors``), the settings base and the
-sections services share (``core.settings``), and logging (``core.logs``).
+sections services share (``core.settings``), and logging (``core.logs``); LLM judges of
+free-text answers, their cache and calibration (``core.judging``).
 """

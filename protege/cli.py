@@ -109,12 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", help="YAML settings file")
     rec.set_defaults(run=_run_reconcile)
     from protege.demo_cli import register as register_demo
+    from protege.judge_cli import register as register_judge
     from trainer.cli import register
     from trainer.serve.cli import register as register_student
 
     register(sub)
     register_student(sub)
     register_demo(sub)
+    register_judge(sub)
     return parser
 
 
