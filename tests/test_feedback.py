@@ -223,12 +223,14 @@ def test_shipping_to_s3_twice_does_not_duplicate(
     spool = gateway.settings.spool.dir
     (segment,) = sealed_segments(feedback_spool(spool))
     kept = shutil.copy(segment, tmp_path / segment.name)
-    store = f"s3://{BUCKET}/prod"
+    # Its own prefix: the S3 server's buckets outlive the test (moto keeps them per process).
+    store = f"s3://{BUCKET}/feedback-shipping"
     assert asyncio.run(run(settings_for(spool, store), once=True)) == 0
     shutil.copy(kept, segment)  # as if the sidecar died between upload and delete
     assert asyncio.run(run(settings_for(spool, store), once=True)) == 0
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
-    parts = [k for k in keys if k.startswith("prod/feedback/")]
-    assert len(parts) == 1 and parts[0].startswith("prod/feedback/task=support/date=")
+    parts = [k for k in keys if k.startswith("feedback-shipping/feedback/")]
+    assert len(parts) == 1
+    assert parts[0].startswith("feedback-shipping/feedback/task=support/date=")
     table = read_feedback(store, task="support")
     assert table.num_rows == 2 and sorted(table.column("feedback_id").to_pylist())[-1] == "f1"
