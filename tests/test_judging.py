@@ -284,6 +284,16 @@ def test_the_budget_stops_on_calls_or_tokens() -> None:
     assert tokens.spent and not tokens.take()
 
 
+def test_a_periodic_budget_renews_instead_of_ending() -> None:
+    """With a period (a gateway's judge), a spent allowance comes back a period after the
+    period's first call; within the period it stays spent."""
+    budget = Budget(calls=2, tokens=100, period_s=60.0)
+    assert budget.take(10.0) and budget.take(20.0) and not budget.take(69.0)
+    budget.spend(100)
+    assert budget.take(70.0) and budget.calls_used == 1 and budget.tokens_used == 0
+    assert budget.take(71.0) and not budget.take(129.0) and budget.take(130.0)
+
+
 @pytest.mark.parametrize(
     ("attempt", "after", "rand", "wait"),
     [(0, None, 0.0, 0.5), (2, None, 1.0, 4.0), (10, None, 1.0, 30.0), (0, 7.0, 0.5, 7.0),

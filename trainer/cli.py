@@ -1,4 +1,5 @@
-"""The trainer's commands: ``protege dataset build``, ``train``, ``eval``, ``publish``.
+"""The trainer's commands: ``protege dataset build`` / ``relabel``, ``train``, ``eval``,
+``publish``.
 
 Registering them imports nothing heavy; torch and transformers load only when one runs.
 """
@@ -15,14 +16,14 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add the trainer's subcommands to the ``protege`` parser's subparsers."""
     dataset = sub.add_parser("dataset", help="build training datasets from the logs")
-    build = dataset.add_subparsers(dest="dataset_command", required=True).add_parser(
-        "build", help="curate a task's logs into a versioned snapshot"
-    )
+    commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    build = commands.add_parser("build", help="curate a task's logs into a versioned snapshot")
     _common(build)
     build.add_argument("--since", type=_when, help="ISO time, inclusive (default: all)")
     build.add_argument("--until", type=_when, help="ISO time, exclusive (default: now)")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(run=_dataset_build)
+    _relabel_args(commands)
 
     train = sub.add_parser("train", help="build -> LoRA -> eval -> publish for a task")
     _common(train)
@@ -63,6 +64,23 @@ def register(sub: Any) -> None:
     pub.set_defaults(run=_publish)
 
 
+def _relabel_args(commands: Any) -> None:
+    relabel = commands.add_parser(
+        "relabel", help="ask the teacher again and keep the majority answer, as a new snapshot"
+    )
+    _common(relabel)
+    relabel.add_argument("--snapshot", help="the source snapshot (default: the newest)")
+    relabel.add_argument("--model", help="the teacher model to ask (default: each request's)")
+    relabel.add_argument("--samples", type=_positive, default=5, metavar="K",
+                         help="teacher samples per example, at temperature 1 (default 5)")
+    relabel.add_argument("--consensus", type=_share, default=0.6,
+                         help="least share of the votes every field's winner needs (default 0.6)")
+    relabel.add_argument("--relabel-tests", action="store_true",
+                         help="relabel the test sets too (their scores then compare with no "
+                         "other snapshot's; default: copied unchanged)")  # fmt: skip
+    relabel.set_defaults(run=_dataset_relabel)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--config", help="YAML settings file (store, trainer.tasks.<task>)")
@@ -91,6 +109,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     values = tuple(float(x) for x in text.split(",") if x.strip())
     if not values or any(not 0 < v <= 1 for v in values):
@@ -111,7 +136,23 @@ def _dataset_build(args: argparse.Namespace) -> int:
     card = asyncio.run(
         build_snapshot(
             settings.store, args.task, settings.trainer.curation(args.task),
-            since=args.since, until=args.until, seed=args.seed,
+            since=args.since, until=args.until, seed=args.seed, judges=_judges(args),
+        )
+    )  # fmt: skip
+    print(card.to_markdown())
+    return 0
+
+
+def _dataset_relabel(args: argparse.Namespace) -> int:
+    from trainer.relabel import Options, relabel_snapshot
+
+    settings = _settings(args)
+    options = Options(args.snapshot, args.model, args.samples, args.consensus,
+                      args.relabel_tests)  # fmt: skip
+    card = asyncio.run(
+        relabel_snapshot(
+            settings.store, args.task, settings.trainer.curation(args.task), _judges(args),
+            settings.trainer.relabel, options,
         )
     )  # fmt: skip
     print(card.to_markdown())
@@ -169,11 +210,19 @@ def _options(args: argparse.Namespace, config: Any = None, **extra: Any) -> Any:
         dataset=args.dataset,
         curation=settings.trainer.curation(args.task),
         config=config if config is not None else train_config(args.train_config, args.set),
+        judges=_judges(args),
         **extra,
     )
     if args.device:
         opts.device = args.device
     return opts
+
+
+def _judges(args: argparse.Namespace) -> Any:
+    """The judges section of the same file (``core.judging``): the task's criteria, if any."""
+    from core.judging import load_judge_settings
+
+    return load_judge_settings(args.config, **({"store": args.store} if args.store else {}))
 
 
 def _default_out(task: str) -> Path:

@@ -14,7 +14,8 @@ Per record, ``Rules.examine`` (rules compiled once from a task's ``CurationConfi
 4. The label, when the task has a ``LabelRule``.
 
 Over all examples, ``curate_splits``: test-group exclusion (frozen tests), exact and near
-duplicates (``trainer.dedup``), the per-group cap, the split by group, then class balance.
+duplicates (``trainer.dedup``), the per-group cap, the task's criteria when it has some
+(``trainer.screening``), the split by group, then class balance.
 
 Every drop has a reason (the constants below), so a dataset card can count them.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -364,6 +365,10 @@ class FrozenTests:
     groups: frozenset[str]
 
 
+# Judges examples (the cheap filters passed), returning those kept and the drops by reason.
+Screen = Callable[[list[Example]], tuple[list[Example], Counter[str]]]
+
+
 def curate_splits(
     examples: Sequence[Example],
     task: str,
@@ -371,11 +376,15 @@ def curate_splits(
     *,
     seed: int,
     frozen: FrozenTests | None = None,
+    screen: Screen | None = None,
 ) -> tuple[dict[str, list[Example]], Counter[str]]:
     """Examined examples -> ``{train, test-indist, test-balanced}`` and the drops by reason.
 
     With ``frozen`` tests, those are the test sets; the examples of their groups, and repeats
     of their prompts, are dropped, and the rest all train. Otherwise groups split by hash.
+    ``screen`` (the task's criteria, ``trainer.screening``) sees what the cheap filters kept,
+    before the split and balancing, so these stay exact and no judge call is spent on an example
+    dropped anyway; it never sees the frozen test sets.
     """
     drops: Counter[str] = Counter()
     reserved: list[Example] = []
@@ -387,6 +396,9 @@ def curate_splits(
     kept, dups = deduplicate(examples, config.near_duplicate_distance, reserved)
     drops.update(dups)
     kept, drops[GROUP_CAP] = cap_groups(kept, config.max_per_group, seed)
+    if screen is not None:
+        kept, screened = screen(kept)
+        drops.update(screened)
     if frozen is not None:
         splits = {"train": kept, **{k: list(v) for k, v in frozen.splits.items()}}
     else:

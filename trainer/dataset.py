@@ -21,6 +21,10 @@ its corrections to those of the file (the file wins on conflict). The card count
 (``feedback``; ``feedback_corrections``: per split, examples whose gold came from feedback).
 Frozen test sets stay as they were made: feedback on one of their examples changes nothing
 there; the card counts it (``on_frozen_tests``) and the build logs it.
+
+Criteria (``trainer.screening``): when the config's ``judges`` section gives the task criteria
+(``build_snapshot(judges=...)``), the teacher's answers that any of them fails are dropped
+after the cheap filters; the card (``trainer.card``) counts the verdicts per criterion.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import StoreNotFound
+from core.judging import JudgeSettings
 from core.keys import (
     CARD,
     CARD_MD,
@@ -52,7 +57,8 @@ from core.keys import (
 )
 from core.read import iter_exchanges
 from core.store import Store, open_store
-from trainer.curate import FrozenTests, Rules, curate_splits
+from trainer.card import DatasetCard, split_facts
+from trainer.curate import FrozenTests, Rules, Screen, curate_splits
 from trainer.examples import (
     SPLITS,
     TEST_SPLITS,
@@ -62,6 +68,7 @@ from trainer.examples import (
     snapshot_id,
 )
 from trainer.feedback import feedback_counts, load_feedback, merge_corrections
+from trainer.screening import Screening, screen_of
 from trainer.settings import CurationConfig
 
 _COLUMNS: Final = (
@@ -70,81 +77,6 @@ _COLUMNS: Final = (
 )  # fmt: skip
 _BATCH_ROWS: Final = 4096  # records decoded at a time
 _COMPRESSION: Final = "zstd"
-
-
-@dataclass(frozen=True)
-class DatasetCard:
-    """What a snapshot holds and how it was made: ``card.json``, and ``card.md`` for a person."""
-
-    task: str
-    snapshot: str
-    created: str  # ISO 8601, UTC
-    since: str | None  # the exchange window read: since <= ts < until
-    until: str | None
-    seed: int
-    records_in: int  # exchange records read
-    examples: dict[str, int]  # per split
-    groups: dict[str, int]  # distinct groups per split
-    classes: dict[str, dict[str, int]]  # per split: label -> examples (empty for free text)
-    sources: dict[str, dict[str, int]]  # per split: "teacher" / "correction" -> examples
-    drops: dict[str, int]  # reason -> records or examples dropped
-    tests_from: str | None  # the snapshot that made the test sets; None: none yet
-    tests_reused: bool  # the frozen test sets were copied, not made by this build
-    config: dict[str, Any]  # the CurationConfig used
-    # Feedback read: records, negative_requests, corrections, overridden_by_file (feedback
-    # corrections the corrections file replaced), on_frozen_tests (requests in the frozen test
-    # sets with feedback, left as they were). Empty in cards made before feedback.
-    feedback: dict[str, int] = field(default_factory=dict)
-    # Per split: examples whose gold output is a feedback correction (source "correction").
-    feedback_corrections: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> DatasetCard:
-        doc = orjson.loads(data)
-        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
-
-    def to_markdown(self) -> str:
-        return render_card(self)
-
-
-def render_card(card: DatasetCard) -> str:
-    """The card as Markdown: summary, splits, classes, drops, configuration."""
-    window = f"{card.since or 'the beginning'} to {card.until or 'now'}"
-    tests = "made by this build" if not card.tests_reused else f"frozen, from {card.tests_from}"
-    lines = [
-        f"# Dataset `{card.task}` / `{card.snapshot}`",
-        "",
-        f"Created {card.created} from the exchanges of {window} (seed {card.seed}).",
-        f"{card.records_in} records read; test sets {tests}.",
-        "",
-        "| split | examples | groups | teacher | correction |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for split in SPLITS:
-        src = card.sources.get(split, {})
-        lines.append(
-            f"| {split} | {card.examples.get(split, 0)} | {card.groups.get(split, 0)} "
-            f"| {src.get('teacher', 0)} | {src.get('correction', 0)} |"
-        )
-    labels = sorted({label for per in card.classes.values() for label in per})
-    if labels:
-        lines += ["", "## Classes", "", "| label | " + " | ".join(SPLITS) + " |"]
-        lines.append("|---|" + "---:|" * len(SPLITS))
-        for label in labels:
-            counts = " | ".join(str(card.classes.get(s, {}).get(label, 0)) for s in SPLITS)
-            lines.append(f"| {label} | {counts} |")
-    if card.feedback:
-        lines += ["", "## Feedback", "", "| | count |", "|---|---:|"]
-        lines += [f"| {name} | {n} |" for name, n in card.feedback.items()]
-        lines += [f"| corrections in {s} | {n} |" for s, n in card.feedback_corrections.items()]
-    lines += ["", "## Dropped", "", "| reason | count |", "|---|---:|"]
-    lines += [f"| {reason} | {n} |" for reason, n in card.drops.items()] or ["| (none) | 0 |"]
-    config = orjson.dumps(card.config, option=orjson.OPT_INDENT_2).decode()
-    lines += ["", "## Curation settings", "", "```json", config, "```", ""]
-    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -168,6 +100,7 @@ class _Build:
         reused: bool,
         feedback: Mapping[str, int],
         feedback_ids: AbstractSet[str],
+        screening: Screening,
     ) -> DatasetCard:
         return DatasetCard(
             task=self.task,
@@ -177,10 +110,7 @@ class _Build:
             until=self.until.isoformat() if self.until else None,
             seed=self.seed,
             records_in=records_in,
-            examples={s: len(splits[s]) for s in SPLITS},
-            groups={s: len({e.group for e in splits[s]}) for s in SPLITS},
-            classes={s: _counts(e.label for e in splits[s] if e.label is not None) for s in SPLITS},
-            sources={s: _counts(e.source for e in splits[s]) for s in SPLITS},
+            **split_facts(splits),
             drops=dict(drops.most_common()),
             tests_from=tests_from,
             tests_reused=reused,
@@ -190,6 +120,10 @@ class _Build:
                 s: sum(e.source == "correction" and e.request_id in feedback_ids for e in splits[s])
                 for s in SPLITS
             },
+            dropped_by_criterion=screening.dropped_by_criterion,
+            criteria=screening.criteria,
+            criteria_not_applied=screening.not_applied,
+            judge_usage=screening.usage,
         )
 
 
@@ -202,10 +136,6 @@ class _Frozen:
     made_by: str | None
 
 
-def _counts(values: Iterable[str]) -> dict[str, int]:
-    return dict(sorted(Counter(values).items()))
-
-
 async def build_snapshot(
     store_uri: str,
     task: str,
@@ -215,14 +145,18 @@ async def build_snapshot(
     until: datetime | None = None,
     seed: int = 0,
     now: datetime | None = None,
+    judges: JudgeSettings | None = None,
 ) -> DatasetCard:
     """Curate ``task``'s exchanges with ``since <= ts < until`` into a new snapshot; its card.
 
     ``now`` (timezone-aware) names and dates the snapshot; default: the current time.
+    ``judges``: the config file's judging settings; the task's criteria there, if any, screen
+    the teacher's answers (``trainer.screening``).
     """
     moment = now or datetime.now(UTC)
     build = _Build(task, snapshot_id(moment), moment, since, until, seed, config)
     rules = Rules.from_config(config)
+    screen = screen_of(judges, task)
     async with open_store(store_uri) as store:
         with tempfile.TemporaryDirectory(prefix="protege-dataset-") as tmp:
             workdir = Path(tmp)
@@ -232,20 +166,21 @@ async def build_snapshot(
             frozen = await _load_frozen(store, task, workdir)
             tests = frozen.tests if frozen else None
             records_in, splits, drops = await asyncio.to_thread(
-                _curate, store_uri, build, rules, corrections, told.negative, tests
+                _curate, store_uri, build, rules, corrections, told.negative, tests, screen
             )
             if frozen is not None:
                 test_files, tests_from = frozen.files, frozen.made_by
             else:
-                test_files = await _write_splits(workdir, splits, TEST_SPLITS)
+                test_files = await write_splits(workdir, splits, TEST_SPLITS)
                 tests_from = await _freeze(store, build, splits, test_files)
-            files = {**test_files, **await _write_splits(workdir, splits, ("train",))}
+            files = {**test_files, **await write_splits(workdir, splits, ("train",))}
             counts = feedback_counts(task, told, overridden, tests)
             card = build.card(
                 records_in, splits, drops, tests_from, frozen is not None,
                 counts, told.corrections.keys() - from_file.keys(),
+                screen.outcome if screen else Screening(),
             )  # fmt: skip
-            await _put_snapshot(store, build, files, card)
+            await put_snapshot(store, task, build.snapshot, files, card)
     return card
 
 
@@ -263,6 +198,7 @@ def _curate(
     corrections: Mapping[str, str],
     negative: AbstractSet[str],
     frozen: FrozenTests | None,
+    screen: Screen | None = None,
 ) -> tuple[int, dict[str, list[Example]], Counter[str]]:
     """Read and examine every record, then split: ``(records read, splits, drops)``.
 
@@ -288,7 +224,7 @@ def _curate(
             else:
                 examples.append(outcome.example)
     splits, later = curate_splits(
-        examples, build.task, build.config, seed=build.seed, frozen=frozen
+        examples, build.task, build.config, seed=build.seed, frozen=frozen, screen=screen
     )
     return records_in, splits, drops + later
 
@@ -354,7 +290,7 @@ async def _freeze(
     return build.snapshot
 
 
-async def _write_splits(
+async def write_splits(
     workdir: Path, splits: Mapping[str, list[Example]], names: Iterable[str]
 ) -> dict[str, Path]:
     """The named splits as Parquet files in ``workdir``."""
@@ -366,11 +302,11 @@ async def _write_splits(
     return files
 
 
-async def _put_snapshot(
-    store: Store, build: _Build, files: Mapping[str, Path], card: DatasetCard
+async def put_snapshot(
+    store: Store, task: str, snapshot: str, files: Mapping[str, Path], card: DatasetCard
 ) -> None:
     """Upload the split files, then the card (its presence marks the snapshot complete)."""
-    prefix = snapshot_prefix(build.task, build.snapshot)
+    prefix = snapshot_prefix(task, snapshot)
     for split in SPLITS:
         await store.put_file(split_key(prefix, split), files[split])
     await store.put(prefix + CARD_MD, card.to_markdown().encode())

@@ -22,12 +22,14 @@ from typing import Any
 import orjson
 import torch
 
+from core.judging import JudgeSettings
 from trainer import distributed
 from trainer.config import TrainConfig
 from trainer.dataset import build_snapshot, load_snapshot
 from trainer.decoding import serving_manifest
 from trainer.evaluate import EvalResult, evaluate
 from trainer.examples import TEST_SPLITS, Example
+from trainer.judged import Judged, judge_for_publication
 from trainer.loop import TrainResult, train
 from trainer.model import (
     as_trained,
@@ -72,6 +74,7 @@ class RunOptions:
     sweep: Sweep | None = None  # one run per value of one setting; None: one run of config
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     publish: bool = True
+    judges: JudgeSettings | None = None  # the task's LLM judges (the config's judges section)
     since: datetime | None = None
     until: datetime | None = None
     say: Callable[[str], None] = print  # progress, for a person
@@ -131,16 +134,21 @@ def run(opts: RunOptions) -> RunResult | None:
     # sampled scores), and the shape of a valid answer, learned from the teacher's.
     serving = serving_manifest(kept.evaluation, splits, tokenizer)
 
+    # Judges: the task's LLM criteria on the test sets (free text's real signal), if any.
+    judged, shortfalls = _judged(opts, tests, kept.evaluation)
+
     # Report: report with plots, run.json (the manifest publication uses) of the kept run.
     report = write_report(
         kept.evaluation, opts.out_dir, task=opts.task, snapshot=snapshot,
         loss_curve=[(p.step, p.loss) for p in kept.training.curve], sweep=sweep,
-        serving=serving,
+        serving=serving, judged=judged, shortfalls=shortfalls,
     )  # fmt: skip
     manifest = _manifest(ref.model_id, snapshot, kept, sweep)
     manifest["prompt_template"] = tokenizer.chat_template
     manifest["input_profile"] = reference_profile(train_set)
     manifest.update(serving)
+    manifest["judged"] = None if judged is None else judged.to_dict()
+    manifest["judged_shortfalls"] = shortfalls
     (opts.out_dir / RUN_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     opts.say(f"[report] {report}")
 
@@ -312,6 +320,11 @@ def publish_run(run_dir: Path, store: str, task: str) -> Published:
             f"the student of {run_dir} does not beat the zero-shot base model on every test "
             "set; see its report.md (publish anyway is not offered: fix the data or training)"
         )
+    if manifest.get("judged_shortfalls"):
+        raise BelowBaseline(
+            f"the student of {run_dir} misses the judges' publish rule: "
+            + "; ".join(manifest["judged_shortfalls"]) + " (see its report.md)"
+        )
     published = asyncio.run(publish(store, task, run_dir / "adapter", manifest))
     mark_published(run_dir / "report.md", published.version)
     return published
@@ -323,7 +336,7 @@ def _data(opts: RunOptions, world: distributed.World) -> tuple[str, dict[str, li
         card = asyncio.run(
             build_snapshot(
                 opts.store, opts.task, opts.curation, since=opts.since, until=opts.until,
-                seed=opts.config.seed,
+                seed=opts.config.seed, judges=opts.judges,
             )
         )  # fmt: skip
         opts.say(f"[data] built snapshot {card.snapshot} from {card.records_in} records")
@@ -333,6 +346,14 @@ def _data(opts: RunOptions, world: distributed.World) -> tuple[str, dict[str, li
     snapshot = distributed.broadcast(snapshot, world)
     found, splits, _ = asyncio.run(load_snapshot(opts.store, opts.task, snapshot))
     return found, splits
+
+
+def _judged(
+    opts: RunOptions, tests: dict[str, list[Example]], evaluation: EvalResult
+) -> tuple[Judged | None, list[str] | None]:
+    if opts.judges is None:
+        return None, None
+    return judge_for_publication(opts.judges, opts.task, tests, evaluation, opts.say)
 
 
 def _say_eval(opts: RunOptions, evaluation: EvalResult) -> None:
@@ -381,9 +402,11 @@ def evaluate_adapter(opts: RunOptions, adapter: str) -> tuple[EvalResult, Path]:
         sampled=sampled_predictor(student, tokenizer, max_new, opts.config),
     )  # fmt: skip
     serving = serving_manifest(evaluation, splits, tokenizer)
+    judged, shortfalls = _judged(opts, tests, evaluation)
     report = write_report(
-        evaluation, opts.out_dir, task=opts.task, snapshot=snapshot, serving=serving
-    )
+        evaluation, opts.out_dir, task=opts.task, snapshot=snapshot, serving=serving,
+        judged=judged, shortfalls=shortfalls,
+    )  # fmt: skip
     _say_eval(opts, evaluation)
     opts.say(f"[report] {report}")
     return evaluation, report

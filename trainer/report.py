@@ -3,8 +3,9 @@
 ``write_report`` writes into one folder::
 
     report.md      headline student vs baselines, every metric, per-class or per-field tables,
-                   the student's worst mistakes, the loss curve, the sweep, and how the student
-                   is to be served (greedy vs sampled scores, decoding policy, output schema)
+                   the student's worst mistakes, what the task's LLM judges said, the loss
+                   curve, the sweep, and how the student is to be served (greedy vs sampled
+                   scores, decoding policy, output schema)
     scores.png     headline per test set, grouped bars per predictor
     loss.png       training loss by step (when a loss curve is given)
     sweep.png      headline per test set by value of the swept setting (when a sweep is given)
@@ -14,7 +15,6 @@ Plots are drawn on matplotlib's Agg canvas directly: no display, no pyplot globa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -23,15 +23,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from trainer.evaluate import EvalResult
+from trainer.judged import Judged
+from trainer.markdown import EMPTY, NONE, block, code, fmt, table
 from trainer.metrics import ExampleRecord, SetScores
+from trainer.report_judged import judged_section
+from trainer.report_serving import serving_section
 from trainer.sweep import shown
 
-# Longest prompt, reference or prediction shown for one mistake.
-SHOWN_CHARS: Final = 600
 # Most rows of the loss table (the plot has every point).
 LOSS_ROWS: Final = 20
-_NONE = "—"
-_EMPTY = "n/a"
 _UNPUBLISHED = "- adapter version: `unpublished`"
 
 
@@ -45,6 +45,8 @@ def write_report(
     loss_curve: list[tuple[int, float]] | None = None,
     sweep: dict[str, Any] | None = None,
     serving: dict[str, Any] | None = None,
+    judged: Judged | None = None,
+    shortfalls: Sequence[str] | None = None,
 ) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; return the report's path.
 
@@ -52,7 +54,9 @@ def write_report(
     the ``kept`` run (the one ``result`` evaluates) and a row per run with its ``value``, the
     headline per test set under ``scores``, ``train_examples``, ``train_s``, ``tokens_per_s``
     and ``peak_memory_gb``. ``serving`` is what ``trainer.decoding.serving_manifest`` adds to
-    ``protege.json``: ``decoding``, ``output_schema``, ``output_schema_fit``.
+    ``protege.json``: ``decoding``, ``output_schema``, ``output_schema_fit``. ``judged`` is
+    what the task's LLM judges said (``trainer.judged``), ``shortfalls`` what keeps the student
+    from publication under their publish rule (None: no such rule).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [
@@ -60,7 +64,8 @@ def write_report(
         _metrics_section(result),
         *(_set_details(result, name) for name in result.scores),
         _mistakes_section(result),
-        _serving_section(result, serving) if serving else "",
+        judged_section(judged, shortfalls) if judged else "",
+        serving_section(result, serving) if serving else "",
     ]
     plot_scores(result, out_dir / "scores.png")
     if loss_curve:
@@ -83,9 +88,9 @@ def _summary(
     for name, by in result.scores.items():
         values = result.headline.get(name, {})
         best = max((values[b] for b in result.baselines if b in values), default=None)
-        delta = _NONE if best is None else f"{values[result.student] - best:+.3f}"
-        cells = [_fmt(values.get(m)) if values else _EMPTY for m in result.models]
-        delta = delta if values else _EMPTY
+        delta = NONE if best is None else f"{values[result.student] - best:+.3f}"
+        cells = [fmt(values.get(m)) if values else EMPTY for m in result.models]
+        delta = delta if values else EMPTY
         rows.append([name, str(_n(by)), *cells, delta])
     return "\n\n".join(
         [
@@ -96,7 +101,7 @@ def _summary(
             f"- student `{result.student}` at least as good as every baseline on every "
             f"non-empty test set: {verdict}" + (f"\n{_kept_line(sweep)}" if sweep else ""),
             "## Headline",
-            _table(header, rows),
+            table(header, rows),
             "![headline per test set](scores.png)",
         ]
     )
@@ -106,11 +111,11 @@ def _metrics_section(result: EvalResult) -> str:
     parts = ["## All metrics"]
     for name, by in result.scores.items():
         if not _n(by):
-            parts += [f"### {name} (n=0)", f"{_EMPTY}: the test set has no example."]
+            parts += [f"### {name} (n=0)", f"{EMPTY}: the test set has no example."]
             continue
         metrics = sorted({key for s in by.values() for key in s.metrics()})
-        rows = [[key] + [_fmt(by[m].metrics().get(key)) for m in result.models] for key in metrics]
-        parts += [f"### {name} (n={_n(by)})", _table(["metric", *result.models], rows)]
+        rows = [[key] + [fmt(by[m].metrics().get(key)) for m in result.models] for key in metrics]
+        parts += [f"### {name} (n={_n(by)})", table(["metric", *result.models], rows)]
     return "\n\n".join(parts)
 
 
@@ -122,11 +127,11 @@ def _set_details(result: EvalResult, name: str) -> str:
     if student.fields is not None and student.n:
         fields = sorted(student.fields.per_field)
         rows = [
-            [_code(f)]
-            + [_fmt(s.fields.per_field.get(f) if s.fields else None) for s in by.values()]
+            [code(f)]
+            + [fmt(s.fields.per_field.get(f) if s.fields else None) for s in by.values()]
             for f in fields
         ]
-        return f"## Field agreement: {name}\n\n" + _table(["field", *by], rows)
+        return f"## Field agreement: {name}\n\n" + table(["field", *by], rows)
     return ""
 
 
@@ -134,18 +139,18 @@ def _class_details(name: str, scores: SetScores) -> str:
     assert scores.classes is not None
     stats = scores.classes.per_class
     rows = [
-        [_code(c), _fmt(s.precision), _fmt(s.recall), _fmt(s.f1), str(s.support)]
+        [code(c), fmt(s.precision), fmt(s.recall), fmt(s.f1), str(s.support)]
         for c, s in stats.items()
     ]
     confusion = scores.classes.confusion
     columns = list(next(iter(confusion.values()), {}))
-    matrix = [[_code(r), *(str(row[c]) for c in columns)] for r, row in confusion.items()]
+    matrix = [[code(r), *(str(row[c]) for c in columns)] for r, row in confusion.items()]
     return "\n\n".join(
         [
             f"## Classes: {name} (student)",
-            _table(["class", "precision", "recall", "F1", "support"], rows),
+            table(["class", "precision", "recall", "F1", "support"], rows),
             "Confusion matrix (rows: reference, columns: predicted):",
-            _table(["reference \\ predicted", *(_code(c) for c in columns)], matrix),
+            table(["reference \\ predicted", *(code(c) for c in columns)], matrix),
         ]
     )
 
@@ -165,60 +170,11 @@ def _mistake(number: int, record: ExampleRecord) -> str:
     return "\n\n".join(
         [
             title,
-            "Prompt:\n" + _block(record.prompt),
-            "Reference:\n" + _block(record.reference),
-            "Prediction:\n" + _block(record.prediction),
+            "Prompt:\n" + block(record.prompt),
+            "Reference:\n" + block(record.reference),
+            "Prediction:\n" + block(record.prediction),
         ]
     )
-
-
-def _serving_section(result: EvalResult, serving: dict[str, Any]) -> str:
-    decoding = serving["decoding"]
-    basis = decoding["basis"]
-    greedy, sampled = result.greedy_headline, result.sampled_headline
-    rows = [
-        [name, str(_n(by)), _fmt(greedy.get(name)), _fmt(sampled.get(name)),
-         _NONE if name not in sampled else f"{sampled[name] - greedy[name]:+.3f}"]
-        if _n(by) else [name, "0", _EMPTY, _EMPTY, _EMPTY]
-        for name, by in result.scores.items()
-    ]  # fmt: skip
-    traffic = basis["traffic"]
-    mix = ", ".join(f"{t}: {share:.0%}" for t, share in traffic["temperature"].items())
-    temperature = decoding["temperature"]
-    policy = [
-        "- temperature when the client sets none: "
-        + ("not set (the provider's default)" if temperature is None else f"`{temperature:g}`")
-        + f" ({basis['why']})",
-        f"- max_tokens when the client sets none: `{decoding['max_tokens']}` (the longest "
-        f"training answer, {basis['longest_answer_tokens']} tokens, with a margin)",
-        "- an explicit temperature is capped: "
-        + ("no" if decoding["max_temperature"] is None else f"at {decoding['max_temperature']}"),
-    ]
-    return "\n\n".join(
-        [
-            "## Serving: decoding policy and output schema",
-            "The student decoded greedily, and sampling as the task's traffic does (each test "
-            "example with its own request's temperature and top_p; unset counts as the "
-            "provider's default, 1):",
-            _table(["test set", "n", "greedy", "sampled as the traffic", "difference"], rows),
-            f"Traffic: {traffic['requests']} requests, temperature unset in "
-            f"{traffic['temperature_unset']:.0%} (temperature: {mix or _NONE}).",
-            "Decoding policy (published with the adapter; the gateway applies it to student "
-            "calls, to what a client leaves unset):\n" + "\n".join(policy),
-            _schema_lines(serving),
-        ]
-    )
-
-
-def _schema_lines(serving: dict[str, Any]) -> str:
-    fit, schema = serving.get("output_schema_fit"), serving.get("output_schema")
-    if fit is None:
-        return "Output schema: none (the teacher's answers are not all JSON objects or arrays)."
-    share = f"accepts {fit['accepted']} of the {fit['examples']} training answers"
-    if schema is None:
-        return f"Output schema: not published, it {share} (it must accept all)."
-    text = json.dumps(schema, indent=2, ensure_ascii=False)
-    return f"Output schema (published; the student is held to it), {share}:\n\n" + _block(text)
 
 
 def mark_published(report: Path, version: str) -> None:
@@ -236,7 +192,7 @@ def _loss_section(curve: list[tuple[int, float]]) -> str:
     if shown[-1] != curve[-1]:
         shown.append(curve[-1])
     rows = [[str(step), f"{loss:.4f}"] for step, loss in shown]
-    return "## Training loss\n\n![loss by step](loss.png)\n\n" + _table(["step", "loss"], rows)
+    return "## Training loss\n\n![loss by step](loss.png)\n\n" + table(["step", "loss"], rows)
 
 
 def _kept_line(sweep: dict[str, Any]) -> str:
@@ -252,11 +208,11 @@ def _sweep_section(sweep: dict[str, Any]) -> str:
     key, rows = sweep["key"], sweep["rows"]
     sets = list(dict.fromkeys(name for row in rows for name in row["scores"]))
     header = [key, "examples", *sets, "train time (s)", "tokens/s", "peak memory (GiB)", "kept"]
-    table = [
+    body = [
         [
             shown(row["value"]),
             str(row["train_examples"]),
-            *(_fmt(row["scores"].get(name)) for name in sets),
+            *(fmt(row["scores"].get(name)) for name in sets),
             f"{row['train_s']:.1f}",
             f"{row['tokens_per_s']:,.0f}",
             f"{row['peak_memory_gb']:.2f}",
@@ -271,7 +227,7 @@ def _sweep_section(sweep: dict[str, Any]) -> str:
         "same test sets, so its scores above are an optimistic estimate of a fresh sample's."
     )
     return "\n\n".join(
-        [f"## Sweep: {key}", chosen, f"![headline by {key}](sweep.png)", _table(header, table)]
+        [f"## Sweep: {key}", chosen, f"![headline by {key}](sweep.png)", table(header, body)]
     )
 
 
@@ -344,46 +300,6 @@ def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [_row(header), "|" + "---|" * len(header)]
-    return "\n".join(lines + [_row(r) for r in rows])
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
-
-
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _code(text: str) -> str:
-    return f"`{text}`" if "`" not in text else text
-
-
-def _block(text: str) -> str:
-    """A fenced block that no backticks inside can close, cut to ``SHOWN_CHARS``."""
-    shown = (
-        text
-        if len(text) <= SHOWN_CHARS
-        else f"{text[:SHOWN_CHARS]}… (+{len(text) - SHOWN_CHARS} chars)"
-    )
-    fence = "`" * max(3, _longest_backtick_run(shown) + 1)
-    return f"{fence}text\n{shown}\n{fence}"
-
-
-def _longest_backtick_run(text: str) -> int:
-    longest = run = 0
-    for char in text:
-        run = run + 1 if char == "`" else 0
-        longest = max(longest, run)
-    return longest
-
-
-def _fmt(value: float | None) -> str:
-    return _NONE if value is None else f"{value:.3f}"
 
 
 def _n(by_model: dict[str, SetScores]) -> int:

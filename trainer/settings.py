@@ -20,6 +20,10 @@
           feedback: true                           # use the applications' feedback (below)
           negative_labels: [bad, wrong, incorrect, thumbs_down, negative]
           negative_score_below: 0                  # null: scores never make feedback negative
+      relabel:                                     # protege dataset relabel (RelabelConfig)
+        max_concurrency: 4
+        max_calls_per_s: 5
+        max_calls: 20000
 
 Feedback (``POST /v1/feedback``, read from the store's ``feedback/`` table): an exchange with
 negative feedback is dropped (``negative_feedback``) unless it has a correction. Feedback is
@@ -89,10 +93,29 @@ class CurationConfig(Model):
     negative_score_below: float | None = 0.0
 
 
+class RelabelConfig(Model):
+    """How ``protege dataset relabel`` asks the teacher again (``trainer.relabel``): the
+    ``trainer.relabel`` section. The teacher's endpoint is the ``teacher`` section's."""
+
+    # Teacher calls in flight at once, and call starts per second (retries included).
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    max_calls_per_s: float = Field(default=5.0, gt=0)
+    # Calls one run may send; the examples whose samples were not sent are dropped, counted.
+    max_calls: int = Field(default=20_000, ge=0)
+    # Retries of one call on a failed connect, a 429 or a 5xx; backoff doubles from base.
+    max_retries: int = Field(default=3, ge=0, le=10)
+    retry_base_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    # Seconds to open a connection, and of silence while waiting for an answer.
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+
+
 class TrainerConfig(Model):
     """The ``trainer`` section."""
 
     tasks: dict[str, CurationConfig] = Field(default_factory=dict)
+    relabel: RelabelConfig = RelabelConfig()
 
     def curation(self, task: str) -> CurationConfig:
         return self.tasks.get(task, CurationConfig())

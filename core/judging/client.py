@@ -39,7 +39,7 @@ import structlog
 from core.errors import JudgeError
 from core.judging import cache
 from core.judging.config import Criterion, Endpoint, JudgesConfig, JudgeSettings
-from core.judging.limits import Budget, Pacer
+from core.judging.limits import Budget, Pacer, Retry, paced
 from core.judging.prompts import (
     JudgeItem,
     cache_key,
@@ -117,12 +117,15 @@ class Judge:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        budget_period_s: float | None = None,
     ) -> None:
+        """``budget_period_s``: the budget renews every so many seconds (a long-running
+        judge's); None: one budget for the run."""
         self.config = config
         self.endpoint = endpoint
         self.store = store
         self.stats = JudgeStats()
-        self.budget = Budget(config.budget.calls, config.budget.tokens)
+        self.budget = Budget(config.budget.calls, config.budget.tokens, period_s=budget_period_s)
         self._pacer = Pacer(config.max_calls_per_s)
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._clock, self._sleep = clock, sleep
@@ -180,7 +183,9 @@ class Judge:
             await self._flush(prefix)
         for key, (_, indexes) in todo.items():
             judgement = tasks[key].result()
-            if judgement.verdict == "pass" or judgement.verdict == "fail":
+            # Without a store nothing is remembered either: a long-lived judge (the gateway's)
+            # would otherwise grow without bound.
+            if self.store is not None and judgement.verdict in ("pass", "fail"):
                 known[key] = cache.Cached(judgement.verdict, judgement.reason if reasons else "")
             for i in indexes:
                 out[i] = judgement
@@ -198,7 +203,7 @@ class Judge:
 
     async def _judge_one(self, criterion: Criterion, prefix: str, key: str, user: str) -> Judgement:
         async with self._slots:
-            if not self.budget.take():
+            if not self.budget.take(self._clock()):
                 if not self.stats.skipped:
                     log.warning("judge budget spent: the rest is skipped", task=criterion.task,
                                 criterion=criterion.name, calls=self.budget.calls_used,
@@ -237,19 +242,18 @@ class Judge:
     async def _ask(self, body: dict[str, Any]) -> _Answer:
         """The judge's answer to ``body``, retried on a failed connect, a 429 or a 5xx."""
         payload = orjson.dumps(body)
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                self.stats.retries += 1
-            wait = self._pacer.reserve(self._clock())
-            if wait > 0:
-                await self._sleep(wait)
-            try:
-                return await self._post(payload)
-            except _Retryable as exc:
-                if attempt == self.config.max_retries:
-                    raise JudgeError(f"{exc} (after {attempt + 1} attempts)", exc.raw) from exc
-                await self._sleep(self._backoff(attempt, exc.retry_after))
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await paced(
+                lambda: self._post(payload), pacer=self._pacer, clock=self._clock,
+                sleep=self._sleep, retries=self.config.max_retries, backoff_s=self._backoff,
+                retried=self._retried,
+            )  # fmt: skip
+        except _Retryable as exc:
+            attempts = self.config.max_retries + 1
+            raise JudgeError(f"{exc} (after {attempts} attempts)", exc.raw) from exc
+
+    def _retried(self) -> None:
+        self.stats.retries += 1
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         return backoff(attempt, self.config.retry_base_s, self.config.retry_max_s, retry_after,
@@ -292,10 +296,10 @@ class Judge:
         return _Answer(content, prompt, completion)
 
 
-class _Retryable(JudgeError):
+class _Retryable(Retry):
     def __init__(self, message: str, raw: str = "", retry_after: float | None = None) -> None:
-        super().__init__(message, raw)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after)
+        self.raw = raw
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None, rand: float) -> float:

@@ -19,6 +19,12 @@ fast and how much it may be asked, and the criteria of each task.
               min_agreement: 0.8               # calibrated agreement below this flags it
           pairwise: true                       # "is the student's answer as good as the teacher's?"
           pairwise_min_agreement: 0.8          # (the built-in criterion "as-good-as-teacher")
+          shadow_percent: 100                  # gateway: share of shadow pairs judged pairwise
+          shadow_max_per_s: 2                  # gateway: at most this many a second per replica
+          publish_min: {as-good-as-teacher: 0.9}   # publish only at these student pass rates
+
+The gateway reads this section too: in shadow mode it asks a task's pairwise criterion about
+a sample of shadow pairs, and its guardrails judge the pass rate (``gateway.judged``).
 
 The endpoint's key is read from the environment variable ``api_key_env``; when it is unset and
 the judge is the teacher's own endpoint, the teacher's key (``teacher.api_key``) is used — never
@@ -84,6 +90,9 @@ class BudgetConfig(Model):
 
     calls: int = Field(default=2000, ge=0)
     tokens: int = Field(default=2_000_000, ge=0)
+    # A long-running gateway's allowance renews every this many seconds (a trainer's run has
+    # one allowance); past it, shadow pairs are skipped until the next period.
+    gateway_period_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
 
 
 class CriterionConfig(Model):
@@ -110,6 +119,24 @@ class TaskJudging(Model):
     # "as-good-as-teacher" ("is the student's answer as good as the teacher's?").
     pairwise: StrictBool = False
     pairwise_min_agreement: float = Field(default=0.8, ge=0.0, le=1.0)
+    # The gateway, in shadow mode: the share of the task's shadow pairs (student and teacher
+    # answers to one request) it asks the pairwise criterion about, off the request path...
+    shadow_percent: float = Field(default=100.0, ge=0.0, le=100.0)
+    # ...and at most this many of them a second, per gateway replica (more are not judged).
+    shadow_max_per_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    # The publish rule: criterion name (the pairwise one included) -> the student's lowest pass
+    # rate on every test set; empty: the judges report but do not decide publication.
+    publish_min: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _publish_min_names_criteria(self) -> TaskJudging:
+        names = {c.name for c in self.criteria} | ({PAIRWISE} if self.pairwise else set())
+        for name in self.publish_min:
+            if name not in names:
+                raise KeyProblem(
+                    f"publish_min.{name}", f"names no criterion of the task ({sorted(names)})"
+                )
+        return self
 
     @field_validator("criteria")
     @classmethod
