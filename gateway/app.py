@@ -30,6 +30,7 @@ from gateway.drift import DriftMonitor
 from gateway.errors import ApiError, ServiceUnavailable, UpstreamError, error_body
 from gateway.feedback import Feedback, FeedbackDesk, FeedbackEncoder
 from gateway.intake import ENDPOINTS, Intake
+from gateway.judged import ShadowJudge
 from gateway.metrics import Metrics, TaskLabels
 from gateway.monitor import Monitor
 from gateway.policy import RolloutPolicy
@@ -63,6 +64,7 @@ class Gateway:
     dispatch: Dispatch
     feedback: FeedbackDesk
     feedback_spool: SpoolWriter[Feedback]
+    judging: ShadowJudge
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -99,18 +101,21 @@ class Gateway:
         drift = DriftMonitor(metrics, r.drift_queue)
         references = References(store, drift, background, labels)
         monitor = Monitor(rollouts, metrics, background, labels)
+        judging = ShadowJudge(
+            settings.judge_settings(), r, monitor, metrics, labels, redactor
+        )
         shadow = None
         if student is not None:
             shadow = Shadow(
                 student, proxy.capture, monitor, metrics, background,
-                r.shadow_concurrency, r.shadow_timeout_s,
+                r.shadow_concurrency, r.shadow_timeout_s, judging,
             )  # fmt: skip
         dispatch = Dispatch(
             proxy, teacher, student, rollouts, monitor, shadow, drift, references, background
         )
         return cls(
             settings, metrics, intake, routes, teacher, student, spool, proxy, store,
-            background, rollouts, drift, dispatch, feedback, fb_spool,
+            background, rollouts, drift, dispatch, feedback, fb_spool, judging,
         )  # fmt: skip
 
     @property
@@ -123,6 +128,8 @@ class Gateway:
         for upstream in self.upstreams:
             await upstream.start()
         await self.store.start()
+        if self.student is not None:
+            await self.judging.start()
         self.drift.start()
         await self.rollouts.load()
         self.rollouts.subscribe(self.dispatch.references.changed)
@@ -143,7 +150,11 @@ class Gateway:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        # Shadow records waiting for verdicts are written (pending) with the rest of the
+        # shadow work; then the judge stops.
+        self.judging.release()
         await self.background.aclose(self.settings.rollouts.shadow_timeout_s)
+        await self.judging.aclose()
         for upstream in self.upstreams:
             await upstream.aclose()
         await asyncio.to_thread(self.drift.stop)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
+from core.judging.config import JudgesConfig, JudgeSettings, TeacherRef
 from core.keys import NAME
 from core.settings import (
     DEFAULT_STORE,
@@ -116,6 +117,13 @@ class RolloutSettings(Model):
     shadow_timeout_s: float = Field(default=30.0, gt=0)
     # Prompts waiting for the drift monitor; beyond this they are left out (and counted).
     drift_queue: int = Field(default=10000, ge=1)
+    # Judged shadow agreement (``gateway.judged``; tasks with ``judges.tasks.<t>.pairwise``):
+    # shadow pairs waiting for the judge (beyond: not judged, counted as dropped), the workers
+    # asking it, and how long a shadow record waits for its verdict before it is written
+    # without it (``verdict: pending``; the verdict still counts when it comes).
+    judge_queue: int = Field(default=64, ge=1, le=100_000)
+    judge_workers: int = Field(default=4, ge=1, le=64)
+    judge_wait_s: float = Field(default=60.0, gt=0)
 
 
 class FeedbackConfig(Model):
@@ -154,6 +162,9 @@ class GatewaySettings(Model):
     feedback: FeedbackConfig = FeedbackConfig()
     # Where the sidecar ships records: file://DIR or s3://bucket/prefix.
     store: StoreUri = DEFAULT_STORE
+    # LLM judges (``core.judging``; shared with the trainer): the gateway judges the shadow
+    # pairs of tasks with ``pairwise`` on. Absent: nothing is judged.
+    judges: JudgesConfig = JudgesConfig()
 
     @field_validator("routes")
     @classmethod
@@ -191,6 +202,11 @@ class GatewaySettings(Model):
                 )
         return self
 
+    def judge_settings(self) -> JudgeSettings:
+        """What ``core.judging`` needs: the judges section, the store, the teacher's endpoint."""
+        teacher = TeacherRef(base_url=self.teacher.base_url, api_key=self.teacher.api_key)
+        return JudgeSettings(store=self.store, judges=self.judges, teacher=teacher)
+
     def rollouts_by_task(self) -> dict[str, RolloutPolicy]:
         """The configured rollout of every task a route names (the default where none sets one)."""
         out: dict[str, RolloutPolicy] = {}
@@ -201,7 +217,7 @@ class GatewaySettings(Model):
 
 
 # Sections of the shared config file that belong to other services.
-_OTHER_SERVICES = ("sidecar", "trainer", "judges")
+_OTHER_SERVICES = ("sidecar", "trainer")
 
 
 def load_settings(

@@ -22,8 +22,8 @@ class Stats:
     errors: int = 0  # of which failed (the teacher answered instead)
     checked: int = 0  # student answers put through the output checks (shadow ones included)
     failed_checks: int = 0  # of which failed at least one check
-    scored: int = 0  # shadow answers scored against the teacher's
-    agreement: float = 0.0  # sum of their overall agreement
+    scored: int = 0  # shadow answers scored against the teacher's (or judged: pass or fail)
+    agreement: float = 0.0  # sum of their overall agreement (judged: pass 1, fail 0)
 
     def add(self, other: Stats) -> None:
         self.calls += other.calls

@@ -134,6 +134,7 @@ class Metrics:
         self._rollout(r)
         self._shadow(r)
         self._monitors(r)
+        self._judging(r)
         self._feedback(r)
 
     def _feedback(self, r: CollectorRegistry) -> None:
@@ -306,6 +307,41 @@ class Metrics:
             "protege_shadow_fields_agreed",
             "JSON fields on which the student's shadow answer agreed with the teacher's.",
             ["task", "field"],
+            registry=r,
+        )
+
+    def _judging(self, r: CollectorRegistry) -> None:
+        self.shadow_judged = Counter(
+            "protege_shadow_judged",
+            "Shadow pairs of tasks judged pairwise, by verdict (pass, fail, error: no verdict "
+            "could be read; skipped: the judge's budget is spent; dropped: the judge queue was "
+            "full; limited: over the task's judges shadow_max_per_s).",
+            ["task", "verdict"],
+            registry=r,
+        )
+        self.shadow_judged_pass_rate = Gauge(
+            "protege_shadow_judged_pass_rate",
+            "Judged pass rate of the task's shadow pairs over the guardrail window (pass / "
+            "(pass + fail)): the agreement its guardrails judge.",
+            ["task"],
+            registry=r,
+        )
+        self.judge_calls = Counter(
+            "protege_judge_calls",
+            "Calls to the LLM judge, by task, criterion and outcome (pass, fail, error).",
+            ["task", "criterion", "outcome"],
+            registry=r,
+        )
+        self.judge_tokens = Counter(
+            "protege_judge_tokens",
+            "Tokens the LLM judge reported (prompt and completion), by task and criterion.",
+            ["task", "criterion"],
+            registry=r,
+        )
+        self.judge_cost = Counter(
+            "protege_judge_cost",
+            "Estimated cost of the LLM judge's calls (judges.price_per_1k_tokens), by task.",
+            ["task"],
             registry=r,
         )
 

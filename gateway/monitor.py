@@ -1,10 +1,12 @@
 """Watching students at work: output checks, shadow agreement, and the guardrails they feed.
 
 Every student answer (primary or shadow) goes through the task's output checks; every call's
-failure and every shadow score lands in the task's guardrail window. After each event the
-window is judged (``gateway.guard``): a tripped guardrail steps the task back to shadow, a
-held one may promote it (``auto_promote``). The rollout change is made through ``Rollouts``,
-so it is shared with every replica and survives a restart.
+failure and every shadow score lands in the task's guardrail window. For a task judged pairwise
+(``gateway.judged``) the window's shadow agreement is the judge's verdicts instead (pass 1,
+fail 0: their mean is the pass rate); its character agreement is still exported, not judged.
+After each event the window is judged (``gateway.guard``): a tripped guardrail steps the task
+back to shadow, a held one may promote it (``auto_promote``). The rollout change is made
+through ``Rollouts``, so it is shared with every replica and survives a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import structlog
 from gateway.agreement import Agreement
 from gateway.background import Background
 from gateway.checks import OutputChecks
-from gateway.guard import Window, promotion, step_back, verdict
+from gateway.guard import Stats, Window, promotion, step_back, verdict
 from gateway.metrics import Metrics
 from gateway.policy import OutputChecksConfig, RolloutPolicy
 from gateway.rollouts import Active, Rollouts
@@ -79,12 +81,35 @@ class Monitor:
         self._count_checks(task, failed)
         self._judge(task)
 
-    def shadowed(self, task: str, failed: tuple[str, ...], agreement: Agreement | None) -> None:
-        """A shadow answer was checked and, if the teacher's answer completed, scored."""
+    def shadowed(
+        self,
+        task: str,
+        failed: tuple[str, ...],
+        agreement: Agreement | None,
+        judged: bool = False,
+    ) -> None:
+        """A shadow answer was checked and, if the teacher's answer completed, scored;
+        ``judged``: the task's agreement is the judge's (``judged``), not this score."""
         self._count_checks(task, failed)
         if agreement is not None:
             self._count_agreement(task, agreement)
+            if not judged:
+                self._window(task).scored(self._clock(), agreement.overall)
         self._judge(task)
+
+    def judged(self, task: str, passed: bool) -> None:
+        """The judge found a shadow answer as good as the teacher's (``passed``) or not."""
+        window = self._window(task)
+        now = self._clock()
+        window.scored(now, 1.0 if passed else 0.0)
+        rate = window.stats(now).mean_agreement
+        if rate is not None:
+            self._metrics.shadow_judged_pass_rate.labels(self._labels(task)).set(rate)
+        self._judge(task)
+
+    def stats(self, task: str) -> Stats:
+        """What the task's guardrails see now."""
+        return self._window(task).stats(self._clock())
 
     def _count_checks(self, task: str, failed: tuple[str, ...]) -> None:
         label = self._labels(task)
@@ -112,7 +137,6 @@ class Monitor:
             self._metrics.shadow_fields.labels(label, field).inc()
             if same:
                 self._metrics.shadow_fields_agreed.labels(label, field).inc()
-        self._window(task).scored(self._clock(), agreement.overall)
 
     def _field_label(self, task: str, name: str) -> str:
         known = self._fields.setdefault(task, set())

@@ -6,8 +6,10 @@ shadowed (counted as skipped), nor is one beyond its task's ``shadow_max_per_s``
 bucket per task; counted as limited). Once both answers are in, the student's is checked and
 scored against the teacher's (off the event loop when they are large), and recorded as its own
 exchange (``route=shadow``, ``shadow_of`` = the client's request id, ``detail`` = checks,
-agreement and the decoding the student was asked with). Nothing here can delay or fail the
-client's request: its answer only resolves a future this side awaits.
+agreement and the decoding the student was asked with). For a task judged pairwise the pair
+also goes to the judge (``gateway.judged``) and the record waits, bounded, for its verdict
+(``detail.judged``). Nothing here can delay or fail the client's request: its answer only
+resolves a future this side awaits.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.capture import Exchange
 from gateway.checks import OutputChecks
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
+from gateway.judged import ShadowJudge
 from gateway.metrics import Metrics
 from gateway.monitor import Monitor
 from gateway.proxy import Capture
@@ -98,9 +101,11 @@ class Shadow:
         background: Background,
         concurrency: int,
         timeout_s: float,
+        judging: ShadowJudge | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._student = student
+        self._judging = judging
         self._capture = capture
         self._monitor = monitor
         self._metrics = metrics
@@ -164,7 +169,8 @@ class Shadow:
             failed, agreement = await asyncio.to_thread(judge, *args)
         else:  # tens of microseconds: cheaper here than a thread hop
             failed, agreement = judge(*args)
-        self._monitor.shadowed(inc.task, failed, agreement)
+        judging = self._judging if self._judging and self._judging.judges(inc.task) else None
+        self._monitor.shadowed(inc.task, failed, agreement, judged=judging is not None)
         ex.detail = {
             **(ex.detail or {}),  # the decoding the student was asked with
             "why": "shadow",
@@ -173,6 +179,10 @@ class Shadow:
         }
         outcome = "scored" if agreement is not None else "unscored"
         self._metrics.shadow_requests.labels(inc.metrics_task, outcome).inc()
+        if judging is not None and agreement is not None and teacher is not None:
+            judged = await judging.verdict(inc.task, inc.fields, completion, teacher)
+            if judged is not None:
+                ex.detail["judged"] = judged
         self._capture.submit(inc, ex, started)
 
     async def _teacher(self, answered: asyncio.Future[bytes | None]) -> bytes | None:

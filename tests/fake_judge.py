@@ -5,6 +5,7 @@ What it does instead is set per test:
     mode        ok (a JSON verdict), garbage (prose), fenced (the JSON in a ```json block)
     failures    HTTP statuses to answer the next calls with, one each (e.g. [429, 500]), then ok
     delay_s     seconds to wait before answering
+    gate        while cleared, calls wait (in flight) before answering; set it to let them go
 It counts calls, the calls in flight (and their most at once), their start times, and the
 tokens its ``usage`` reported (prompt: characters of the messages / 4, completion: of the answer).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +26,26 @@ from aiohttp import web
 from tests.loopback import LoopbackServer
 
 _ANSWER = re.compile(r"<(?:answer|student_answer)>\n(.*?)\n</(?:answer|student_answer)>", re.S)
+_REFERENCE = re.compile(
+    r"<(?:reference|teacher_answer)>\n(.*?)\n</(?:reference|teacher_answer)>", re.S
+)
 
 
 def judged_answer(user: str) -> str:
     """The answer being judged in a judge's user message."""
     m = _ANSWER.search(user)
     return m.group(1) if m else ""
+
+
+def judged_reference(user: str) -> str:
+    """The reference (the teacher's answer) in a judge's user message."""
+    m = _REFERENCE.search(user)
+    return m.group(1) if m else ""
+
+
+def _opened(gate: threading.Event) -> threading.Event:
+    gate.set()
+    return gate
 
 
 def not_wrong(user: str) -> bool:
@@ -43,6 +59,7 @@ class FakeJudge(LoopbackServer):
     rule: Callable[[str], bool] = not_wrong
     failures: list[int] = field(default_factory=list)
     delay_s: float = 0.0
+    gate: threading.Event = field(default_factory=lambda: _opened(threading.Event()))
     calls: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -61,6 +78,8 @@ class FakeJudge(LoopbackServer):
         try:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            if not self.gate.is_set():
+                await asyncio.to_thread(self.gate.wait)
             if self.failures:
                 status = self.failures.pop(0)
                 body = {"error": {"message": f"fake judge {status}", "type": "api_error"}}
