@@ -40,6 +40,7 @@ from protege.demo_cli import STAGES
 from protege.demo_procs import Children, DemoError, NotPublished, child_env, free_port
 from protege.demo_progress import Progress, trainer_line
 from protege.demo_rollout import Rollout
+from protege.demo_teacher import JUDGE_MODEL
 from protege.demo_traffic import App, Batch, Operator
 from trainer import synthetic
 
@@ -72,6 +73,7 @@ class DemoOptions:
     train_config: Path | None = None
     train_set: list[str] = field(default_factory=list)  # KEY=VALUE TrainConfig overrides
     allow_below_baseline: bool = False  # publish a student that lost to the baseline (smoke tests)
+    judge: bool = False  # LLM judges on: the demo teacher also judges (pairwise), end to end
     seed: int = 0
     say: Callable[[str], None] = print
 
@@ -214,7 +216,20 @@ class Demo:
                 "test_fraction": 0.25,
                 "test_balanced_per_class": 8,
             }}},
+            **({"judges": self._judges()} if self.opts.judge else {}),
         }  # fmt: skip
+
+    def _judges(self) -> dict[str, Any]:
+        """The pairwise judge, asked of the demo teacher (which judges by the known answers):
+        the trainer judges the test sets with it, the gateway a sample of shadow pairs."""
+        model = JUDGE_MODEL if not self.opts.teacher_url else self.opts.teacher_model
+        if model is None:
+            raise DemoError("--judge with --teacher-url needs --teacher-model (the judge's model)")
+        return {
+            "endpoint": {"base_url": self.teacher_url, "model": model},
+            "max_calls_per_s": 50,
+            "tasks": {TASK: {"pairwise": True, "shadow_max_per_s": 50}},
+        }
 
     def _traffic(self) -> None:
         n = self.opts.requests
@@ -369,6 +384,7 @@ class Demo:
             "stages": self.progress.records,
             "evaluation": summarize.evaluation(self.manifest),
             "shadow": summarize.shadow_agreement(records),
+            "judged": summarize.judged(records, self.manifest),
             "live": summarize.live_agreement(records),
             "traffic": summarize.traffic_by_stage(records, self.windows),
             "latency": summarize.latency(records),

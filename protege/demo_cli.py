@@ -102,6 +102,13 @@ def _training(p: argparse.ArgumentParser) -> None:
         help="override one TrainConfig field, e.g. --set epochs=2",
     )
     p.add_argument(
+        "--judge",
+        action="store_true",
+        help="turn the LLM judges on: the trainer judges the test sets and the gateway the "
+        "shadow pairs (as-good-as-teacher), asked of the demo teacher, which judges by the "
+        "known answers (with --teacher-url: of that teacher's --teacher-model)",
+    )
+    p.add_argument(
         "--allow-below-baseline",
         action="store_true",
         help="publish the student even if it loses to the zero-shot base model: "

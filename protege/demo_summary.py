@@ -2,7 +2,8 @@
 evaluation: pure functions from rows to a JSON-ready summary, and the summary as text.
 
 - agreement with the teacher: the evaluation's headline (student vs the zero-shot base), the
-  shadow records' scores, and the student's live answers scored against the known answer;
+  shadow records' scores, the student's live answers scored against the known answer, and
+  with ``--judge`` what the pairwise judge said of the test sets and of the shadow pairs;
 - per rollout stage, the requests the client saw answered and the share the student served;
 - latency per backend (p50 and p95 of the records' ``latency_ms``);
 - where the report, the plots and the store are, and the time each stage took.
@@ -99,6 +100,30 @@ def live_agreement(records: Sequence[Row]) -> dict[str, Any]:
     }
 
 
+def judged(records: Sequence[Row], manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the judges said (``protege demo --judge``): the pairwise rate per test set from the
+    trainer's evaluation, and the shadow pairs' verdicts; None when nothing was judged."""
+    verdicts: dict[str, int] = {}
+    for r in records:
+        if r["shadow_of"] is not None and r.get("detail"):
+            verdict = (orjson.loads(r["detail"]).get("judged") or {}).get("verdict")
+            if verdict is not None:
+                verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    rates = (manifest or {}).get("judged") or {}
+    sets = {
+        name: per.get("as-good-as-teacher", {}).get("student", {}).get("rate")
+        for name, per in rates.get("rates", {}).items()
+    }
+    if not verdicts and not sets:
+        return None
+    scored = verdicts.get("pass", 0) + verdicts.get("fail", 0)
+    return {
+        "evaluation": sets,
+        "shadow": verdicts,
+        "shadow_rate": round(verdicts.get("pass", 0) / scored, 4) if scored else None,
+    }
+
+
 def evaluation(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The headline of the trainer's evaluation (student and baselines per test set)."""
     if not manifest or "metrics" not in manifest:
@@ -184,6 +209,14 @@ def _agreement_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"             shadow: {_pct(shadow['overall'])} overall, {_pct(shadow['exact'])} exact"
             f" over {shadow['scored']} scored answers"
+        )
+    judged_by = summary.get("judged")
+    if judged_by:
+        sets = ", ".join(f"{n} {_pct(r)}" for n, r in judged_by["evaluation"].items())
+        shadow = ", ".join(f"{v} {n}" for v, n in sorted(judged_by["shadow"].items()))
+        lines.append(
+            f"             judged as good as the teacher: evaluation {sets or 'n/a'}; shadow "
+            f"{_pct(judged_by['shadow_rate'])} ({shadow or 'none judged'})"
         )
     live = summary.get("live")
     if live and live["answers"]:

@@ -2,7 +2,10 @@
 
 It is not a language model. It answers every chat completion with ``trainer.synthetic``'s
 deterministic teacher (the category whose telltale words the ticket mentions, as JSON), so the
-demo's correct answers are known and a student's agreement with it is its accuracy. It says so
+demo's correct answers are known and a student's agreement with it is its accuracy. Asked for
+the model ``demo-judge`` (``protege demo --judge``), it is the task's pairwise judge instead:
+a student's answer passes when it is the same JSON as the teacher's, and it says why in the
+strict verdict format judges answer in. It says so
 wherever it can: the model list's ``owned_by``, every answer's ``system_fingerprint`` and its
 start-up log line.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
 import uuid
 from typing import Any, Final
@@ -28,6 +32,8 @@ from core.text import content_text
 from trainer.synthetic import teacher_answer
 
 MODEL: Final = "demo-teacher"
+JUDGE_MODEL: Final = "demo-judge"
+_TAGGED: Final = re.compile(r"<(teacher_answer|student_answer)>\n(.*?)\n</\1>", re.S)
 LABEL: Final = "protege demo teacher: synthetic ticket routing, not an LLM"
 FINGERPRINT: Final = "protege-demo-teacher"
 
@@ -59,9 +65,35 @@ def _usage(messages: Any, answer: str) -> dict[str, int]:
     }
 
 
+def judge_verdict(user: str) -> str:
+    """The pairwise judge's answer to a judge's user message: pass when the student's answer
+    is the same JSON value as the teacher's (or the same text, stripped)."""
+    tagged = dict(_TAGGED.findall(user))
+    teacher, student = tagged.get("teacher_answer"), tagged.get("student_answer")
+    if teacher is None or student is None:
+        verdict, reason = "fail", "no teacher and student answers to compare"
+    elif _json(teacher) is not None and _json(teacher) == _json(student):
+        verdict, reason = "pass", "the same JSON as the teacher's"
+    elif teacher.strip() == student.strip():
+        verdict, reason = "pass", "the same text as the teacher's"
+    else:
+        verdict, reason = "fail", "differs from the teacher's answer"
+    return orjson.dumps({"verdict": verdict, "reason": reason}).decode()
+
+
+def _json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def completion(body: dict[str, Any]) -> dict[str, Any]:
-    """The chat completion answering ``body``."""
-    answer = teacher_answer(last_user_text(body.get("messages")))
+    """The chat completion answering ``body`` (as the teacher, or as the judge)."""
+    if body.get("model") == JUDGE_MODEL:
+        answer = judge_verdict(last_user_text(body.get("messages")))
+    else:
+        answer = teacher_answer(last_user_text(body.get("messages")))
     return {
         "id": f"chatcmpl-demo-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",

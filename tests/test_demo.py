@@ -41,13 +41,15 @@ def test_reduced_demo_runs_every_stage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every stage runs, the student answers canary and full traffic, the records are in the
-    store, the summary says so, and no process the demo started outlives it."""
+    store, the judges (--judge) judged the test sets and the shadow pairs, the summary says so,
+    and no process the demo started outlives it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: threads only add overhead
     workdir = tmp_path / "demo"
     code = main([
         "demo", "--workdir", str(workdir), "--base-model", str(tiny_base), "--device", "cpu",
         "--requests", str(REQUESTS), "--rollout-requests", str(ROLLOUT_REQUESTS),
         "--allow-below-baseline", "--set", "max_steps=4", "--set", "eval_max_new_tokens=16",
+        "--judge",
     ])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
@@ -69,6 +71,12 @@ def test_reduced_demo_runs_every_stage(
     assert set(summary["latency"]) == {"teacher", "student"}
     assert summary["evaluation"]["sets"]["test-balanced"]["student"] is not None
     assert summary["adapter"].startswith("demo-tickets/v")
+    # --judge: the demo teacher judged the test sets and every shadow pair.
+    judged = summary["judged"]
+    assert set(judged["evaluation"]) == {"test-indist", "test-balanced"}
+    assert sum(judged["shadow"].values()) == ROLLOUT_REQUESTS
+    assert set(judged["shadow"]) <= {"pass", "fail"}
+    assert "judged as good as the teacher" in out
     assert Path(summary["report"]).is_file() and summary["plots"]
 
     stored = read_exchanges(summary["store"], task="demo-tickets").to_pylist()
@@ -152,3 +160,29 @@ async def test_demo_teacher_answers_the_task_and_says_it_is_a_demo() -> None:
     chunks = [json.loads(e) for e in events[:-1]]
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert streamed == synthetic.answer(category) and chunks[-1]["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("teacher", "student", "verdict"),
+    [
+        ('{"category": "bug"}', '{"category":"bug"}', "pass"),  # the same JSON, other spacing
+        ('{"category": "bug"}', '{"category": "billing"}', "fail"),
+        ('{"category": "bug"}', "bug", "fail"),
+        ("plain words", "  plain words ", "pass"),
+    ],
+)
+def test_the_demo_teacher_judges_by_the_known_answer(
+    teacher: str, student: str, verdict: str
+) -> None:
+    """As ``demo-judge`` it answers a pairwise judge's message in the strict verdict format,
+    passing a student answer that is the teacher's JSON (or text)."""
+    from core.judging import JudgeItem, parse_verdict
+    from core.judging.config import pairwise_criterion
+    from core.judging.prompts import user_message
+    from protege.demo_teacher import JUDGE_MODEL, completion
+
+    criterion = pairwise_criterion("demo-tickets", JUDGE_MODEL, 0.8)
+    user = user_message(criterion, JudgeItem(student, request="a ticket", reference=teacher))
+    body = {"model": JUDGE_MODEL, "messages": [{"role": "user", "content": user}]}
+    answer = completion(body)["choices"][0]["message"]["content"]
+    assert parse_verdict(answer).verdict == verdict
