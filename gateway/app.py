@@ -129,7 +129,7 @@ class Gateway:
             await upstream.start()
         await self.store.start()
         if self.student is not None:
-            await self.judging.start()
+            await self.judging.start(self.store)
         self.drift.start()
         await self.rollouts.load()
         self.rollouts.subscribe(self.dispatch.references.changed)

@@ -53,8 +53,18 @@ from typing import Any, Final
 import orjson
 import structlog
 
-from core.judging import PAIRWISE, Criterion, Judge, JudgeItem, Judgement, JudgeSettings
+from core.errors import StoreError
+from core.judging import (
+    PAIRWISE,
+    Criterion,
+    Judge,
+    JudgeItem,
+    Judgement,
+    JudgeSettings,
+    standing_of,
+)
 from core.redact import Redactor
+from core.store import Store
 from gateway.agreement import compared_text
 from gateway.config import RolloutSettings
 from gateway.metrics import Metrics
@@ -139,10 +149,13 @@ class ShadowJudge:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    async def start(self) -> None:
-        """Open the judge and start the workers (nothing when no task is judged)."""
+    async def start(self, store: Store | None = None) -> None:
+        """Open the judge and start the workers (nothing when no task is judged); with the
+        ``store``, say which criteria their calibration does not vouch for."""
         if not self._criteria:
             return
+        if store is not None:
+            await self._flag(store)
         endpoint = self._settings.endpoint()
         judges = self._settings.judges
         judge = Judge(judges, endpoint, None, budget_period_s=judges.budget.gateway_period_s)
@@ -153,6 +166,20 @@ class ShadowJudge:
         for i in range(self._config.judge_workers):
             self._workers.append(asyncio.create_task(self._work(), name=f"shadow-judge-{i}"))
         log.info("judging shadow pairs", tasks=sorted(self._criteria), judge=endpoint.base_url)
+
+    async def _flag(self, store: Store) -> None:
+        """Export and log each judged task's calibration standing (never fatal)."""
+        for task, criterion in self._criteria.items():
+            try:
+                found = await standing_of(store, criterion)
+            except StoreError as exc:
+                log.warning("cannot read a judge's calibration", task=task, error=str(exc))
+                continue
+            gauge = self._metrics.judge_flagged.labels(self._labels(task), criterion.name)
+            gauge.set(1 if found.flagged else 0)
+            if found.flagged:
+                log.warning("a criterion judging shadow pairs is flagged", task=task,
+                            criterion=criterion.name, standing=found.state)  # fmt: skip
 
     def release(self) -> None:
         """Shutting down: take no more pairs, and let every record waiting for a verdict be

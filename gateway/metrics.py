@@ -344,6 +344,13 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.judge_flagged = Gauge(
+            "protege_judge_flagged",
+            "1 when the task's judging criterion is not vouched for by its calibration "
+            "(uncalibrated, below its min_agreement, or stale), read at start; else 0.",
+            ["task", "criterion"],
+            registry=r,
+        )
 
     def prepare(self, task: str, mode: str) -> None:
         """Create a rolled-out task's series at 0, so that ``rate()`` sees their first burst:

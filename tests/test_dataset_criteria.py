@@ -80,8 +80,10 @@ async def test_failing_answers_are_dropped_and_counted_per_criterion(
     assert list(card.criteria_not_applied) == ["grounded"]
     assert "reference" in card.criteria_not_applied["grounded"]
     assert judge.calls == 80 and card.judge_usage["calls"] == 80
+    assert card.criteria_flagged == {"correct": "uncalibrated"}  # it screens, flagged
     markdown = card.to_markdown()
-    assert "| correct | 64 | 16 | 0 | 0 |" in markdown and "grounded | not applied" in markdown
+    assert "| correct (flagged: uncalibrated) | 64 | 16 | 0 | 0 |" in markdown
+    assert "grounded | not applied" in markdown
 
     again = await build_snapshot(uri, TASK, CONFIG, now=DAY2 + timedelta(hours=1),
                                  judges=settings(uri, judge))  # fmt: skip

@@ -5,6 +5,7 @@ the verdict lands in the shadow record and the metrics, and the guardrails judge
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import orjson
 import pytest
 
 from core.errors import ConfigError
-from core.judging import PAIRWISE
+from core.judging import PAIRWISE, Calibration, version
+from core.judging.calibration import save
+from core.store import open_store
 from gateway.config import load_settings
 from tests.conftest import RunningGateway
 from tests.fake_judge import FakeJudge, judged_answer, judged_reference
@@ -301,3 +304,28 @@ def test_the_judges_section_is_optional_and_borrows_the_teacher() -> None:
     endpoint = settings.judge_settings().endpoint(env={})
     assert (endpoint.base_url, endpoint.model) == ("https://t.example/v1", "m")
     assert endpoint.api_key is not None and endpoint.api_key.get_secret_value() == "k"
+
+
+def test_the_criterion_judging_shadow_pairs_is_flagged_until_calibrated(
+    start: Any, tmp_path: Path
+) -> None:
+    """At start the gateway exports whether the pairwise criterion's calibration vouches for
+    it: 1 while uncalibrated, 0 once a calibration of its version at or above
+    min_agreement is in the store."""
+    gw = start()
+    labels = {"task": "tickets", "criterion": PAIRWISE}
+    assert gw.metric("protege_judge_flagged", **labels) == 1
+    criterion = gw.settings.judge_settings().criterion("tickets", PAIRWISE)
+    gw.stop()
+    calibration = Calibration(
+        task="tickets", criterion=PAIRWISE, version=version(criterion), model="judge-1",
+        min_agreement=0.8, n=10, agreement=0.9, tpr=0.9, tnr=0.9, tp=5, tn=4, fp=1, fn=0,
+        errors=0, skipped=0,
+    )  # fmt: skip
+
+    async def store_it() -> None:
+        async with open_store(f"file://{tmp_path / 'store'}") as store:
+            await save(store, calibration)
+
+    asyncio.run(store_it())
+    assert start().metric("protege_judge_flagged", **labels) == 0

@@ -57,6 +57,8 @@ class DatasetCard:
     criteria_not_applied: dict[str, str] = field(default_factory=dict)
     # The judge run: examples sent, calls, cached, skipped, tokens, cost.
     judge_usage: dict[str, Any] = field(default_factory=dict)
+    # Criteria their calibration does not vouch for: name -> uncalibrated | below | stale.
+    criteria_flagged: dict[str, str] = field(default_factory=dict)
     # A relabelled snapshot (``trainer.relabel``): from which snapshot, how, and what changed.
     relabel: dict[str, Any] = field(default_factory=dict)
 
@@ -156,8 +158,9 @@ def _criteria(card: DatasetCard) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for name, counts in card.criteria.items():
+        flag = f" (flagged: {card.criteria_flagged[name]})" if name in card.criteria_flagged else ""
         lines.append(
-            f"| {name} | {counts.get('pass', 0)} | {card.dropped_by_criterion.get(name, 0)} "
+            f"| {name}{flag} | {counts.get('pass', 0)} | {card.dropped_by_criterion.get(name, 0)} "
             f"| {counts.get('error', 0)} | {counts.get('skipped', 0)} |"
         )
     lines += [f"| {name} | not applied: {why} | | | |"

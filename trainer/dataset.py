@@ -124,6 +124,7 @@ class _Build:
             criteria=screening.criteria,
             criteria_not_applied=screening.not_applied,
             judge_usage=screening.usage,
+            criteria_flagged=screening.flagged,
         )
 
 

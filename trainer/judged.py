@@ -30,8 +30,8 @@ from core.judging import (
     JudgeItem,
     Judgement,
     JudgeSettings,
+    flagged_of,
     judge_batches,
-    standing_of,
 )
 from core.store import open_store
 from trainer.evaluate import EvalResult
@@ -132,7 +132,7 @@ def judge_evaluation(
     rates: dict[str, dict[str, dict[str, Rate]]] = {}
     for (name, judged, who), judgements in zip(places, result.judgements, strict=True):
         rates.setdefault(name, {}).setdefault(judged, {})[who] = Rate.of(judgements)
-    return Judged([c.name for c in criteria], rates, _flagged(settings, criteria), _usage(result))
+    return Judged([c.name for c in criteria], rates, flagged(settings, criteria), _usage(result))
 
 
 def judge_for_publication(
@@ -166,13 +166,12 @@ def _items(examples: Sequence[Example], answers: Mapping[str, str]) -> list[Judg
     ]  # fmt: skip
 
 
-def _flagged(settings: JudgeSettings, criteria: Sequence[Criterion]) -> dict[str, str]:
+def flagged(settings: JudgeSettings, criteria: Sequence[Criterion]) -> dict[str, str]:
     """criterion -> its standing, for the criteria their calibration does not vouch for."""
 
     async def read() -> dict[str, str]:
         async with open_store(settings.store) as store:
-            standings = {c.name: await standing_of(store, c) for c in criteria}
-        return {name: s.state for name, s in standings.items() if s.flagged}
+            return await flagged_of(store, criteria)
 
     return asyncio.run(read())
 

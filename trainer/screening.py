@@ -16,8 +16,10 @@ What is judged: the training examples and the new test pool (the frozen test set
 are not re-read), and only the teacher's answers (a human correction is gold). The judge sees
 the request's messages and the answer; a criterion that ``uses: reference`` needs a known good
 answer a build does not have, so it is not applied (logged, and named in the card). Without
-criteria nothing is judged and no judge is called. Verdicts are cached in the store by the judge
-(``core.judging.cache``): rebuilding over the same answers asks nothing again.
+criteria nothing is judged and no judge is called. A criterion its calibration does not vouch
+for (``protege judge calibrate``) still screens, and is flagged in the card and the log.
+Verdicts are cached in the store by the judge (``core.judging.cache``): rebuilding over the same
+answers asks nothing again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import structlog
 
 from core.judging import Batches, Criterion, JudgeItem, Judgement, JudgeSettings, judge_batches
 from trainer.examples import Example
+from trainer.judged import flagged
 
 log = structlog.get_logger("trainer")
 
@@ -48,6 +51,8 @@ class Screening:
     criteria: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> verdict -> n
     not_applied: dict[str, str] = field(default_factory=dict)  # name -> why
     usage: dict[str, Any] = field(default_factory=dict)
+    # Criteria their calibration does not vouch for: name -> uncalibrated | below | stale.
+    flagged: dict[str, str] = field(default_factory=dict)
 
 
 def applicable(criteria: Sequence[Criterion]) -> tuple[list[Criterion], dict[str, str]]:
@@ -101,7 +106,12 @@ class Screen:
         kept, dropped, counts = decide(judged, criteria, result.judgements)
         keep = {e.request_id for e in kept}
         out = [e for e in examples if e.source != "teacher" or e.request_id in keep]
-        self.outcome = Screening(dropped, counts, not_applied, _usage(len(judged), result))
+        flags = flagged(self.settings, criteria)
+        for name, state in flags.items():
+            log.warning("a criterion screening the data is flagged", task=self.task,
+                        criterion=name, standing=state)  # fmt: skip
+        usage = _usage(len(judged), result)
+        self.outcome = Screening(dropped, counts, not_applied, usage, flags)
         log.info("teacher answers screened", task=self.task, judged=len(judged),
                  dropped=len(examples) - len(out), **self.outcome.usage)  # fmt: skip
         return out, Counter({CRITERIA_FAILED: len(examples) - len(out)})

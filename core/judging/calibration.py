@@ -191,6 +191,13 @@ async def standing_of(store: Store, criterion: Criterion) -> Standing:
     return standing(criterion, await read_calibration(store, criterion.task, criterion.name))
 
 
+async def flagged_of(store: Store, criteria: Sequence[Criterion]) -> dict[str, str]:
+    """criterion name -> its standing's state, for those their calibration does not vouch for
+    (uncalibrated, below their ``min_agreement``, or calibrated for an older version)."""
+    standings = {c.name: await standing_of(store, c) for c in criteria}
+    return {name: s.state for name, s in standings.items() if s.flagged}
+
+
 # --- labels files ---
 
 
