@@ -22,7 +22,10 @@ def register(sub: Any) -> None:
         "min_agreement, 3 when below, 1 when items could not be judged",
     )
     cal.add_argument("--task", required=True)
-    cal.add_argument("--criterion", required=True, help="a criterion name of judges.tasks.<task>")
+    cal.add_argument(
+        "--criterion",
+        help="a criterion name of judges.tasks.<task> (default: the task's only criterion)",
+    )
     cal.add_argument(
         "--labels", required=True, type=Path,
         help="JSONL or CSV: request, answer, [reference], label (pass|fail), [id]",
@@ -38,7 +41,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from core.judging.calibration import report_lines
 
     settings = load_judge_settings(args.config, **({"store": args.store} if args.store else {}))
-    criterion = settings.criterion(args.task, args.criterion)
+    criterion = _criterion(settings, args.task, args.criterion)
     try:
         labelled = read_labels(args.labels)
         calibration, stats = asyncio.run(_run(settings, criterion, labelled))
@@ -53,6 +56,21 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not calibration.complete:
         return 1
     return 0 if calibration.calibrated else 3
+
+
+def _criterion(settings: Any, task: str, name: str | None) -> Any:
+    """The criterion asked for, or the task's only one; a ``ConfigError`` naming the choices."""
+    from core.errors import ConfigError
+
+    if name is not None:
+        return settings.criterion(task, name)
+    criteria = settings.criteria(task)
+    if len(criteria) != 1:
+        names = ", ".join(c.name for c in criteria) or "none"
+        raise ConfigError(
+            f"--criterion is needed: judges.tasks.{task} has {len(criteria)} criteria ({names})"
+        )
+    return criteria[0]
 
 
 async def _run(settings: Any, criterion: Any, labelled: Any) -> tuple[Any, Any]:

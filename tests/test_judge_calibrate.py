@@ -186,8 +186,26 @@ def test_a_bad_labels_file_exits_1_naming_the_line(
 
 
 def test_an_unknown_criterion_is_a_config_error(judge_server: FakeJudge, tmp_path: Path) -> None:
-    """A bad labels file exits 1 with the problem named, before any judge call."""
+    """An unknown criterion is a config error (exit 2), before any judge call."""
     assert calibrate(config_file(tmp_path, judge_server), labels_file(tmp_path), "nope") == 2
+    assert judge_server.calls == 0
+
+
+def test_a_tasks_only_criterion_needs_no_name(
+    judge_server: FakeJudge, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--criterion`` may be left out when the task has one criterion; with several it is
+    asked for, naming them (exit 2)."""
+    labels = labels_file(tmp_path)
+    several = config_file(tmp_path, judge_server)
+    args = ["judge", "calibrate", "--task", "t", "--labels", str(labels)]
+    assert main([*args, "--config", str(several)]) == 2
+    captured = capsys.readouterr()
+    assert "--criterion is needed" in captured.err + captured.out
+    one = config_file(tmp_path, judge_server, tasks={"t": {"criteria": [
+        {"name": "lenient", "question": "Is it roughly faithful?", "min_agreement": 0.6}]}})
+    assert main([*args, "--config", str(one)]) == 0
+    assert stored(one, "lenient").agreement == 0.7
 
 
 def test_standing_is_uncalibrated_then_stale_when_the_question_changes(
