@@ -96,6 +96,10 @@ def joined(device: str) -> Iterator[World]:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
         yield world
+        # Every rank leaves together: a rank tearing its group down while another still
+        # works with it (rank 0 writing, or finishing a sharded collective) has aborted the
+        # process under gloo ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
