@@ -42,6 +42,7 @@ def main(out: Path, sharding: str) -> None:
             curve = [point.loss for point in result.curve]
             summary = {"curve": curve, "memory": result.memory, "tokens": result.tokens}
             (out / "result.json").write_text(json.dumps(summary))
+    distributed.leave(0, world)  # a rank exits at once: see trainer.distributed.leave
 
 
 if __name__ == "__main__":

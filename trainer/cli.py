@@ -245,6 +245,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("config: sharding=fsdp trains one student a launch: drop --sweep")
     if args.nproc > 1:
         return _launch(args)
+    code = 0
     with distributed.joined(opts.device) as world:
         opts.device = distributed.rank_device(opts.device, world)
         if not world.main:
@@ -253,8 +254,8 @@ def _train(args: argparse.Namespace) -> int:
             run(opts)
         except BelowBaseline as exc:
             print(f"protege: not published: {exc}")
-            return 3
-    return 0
+            code = 3
+    return distributed.leave(code, world)
 
 
 def _launch(args: argparse.Namespace) -> int:

@@ -104,6 +104,17 @@ def joined(device: str) -> Iterator[World]:
         dist.destroy_process_group()
 
 
+def leave(code: int, world: World) -> int:
+    """``code``; a rank of a torchrun exits here at once instead (output flushed): its work is
+    done and written, and the interpreter's teardown of torch's C++ threads has aborted ranks
+    under gloo ("terminate called without an active exception"), failing a finished run."""
+    if world.distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def launch_command(nproc: int, argv: Sequence[str], python: str = sys.executable) -> list[str]:
     """The ``torchrun`` command running ``protege`` with ``argv`` (``--nproc`` taken out) on
     ``nproc`` ranks of this machine, its rendezvous on the loopback interface."""
