@@ -27,7 +27,7 @@ import orjson
 from pydantic import SecretStr
 
 from core.judging.client import backoff
-from core.judging.limits import Budget, Pacer, Retry, paced
+from core.judging.limits import Budget, Pacer, Retry, paced, retry_after_s, transient
 from core.text import content_text
 from trainer.settings import RelabelConfig
 
@@ -142,8 +142,8 @@ class Teacher:
             raise Retry(f"cannot reach the teacher: {exc!r}") from exc
         except httpx.HTTPError as exc:
             raise _CallFailed(f"the teacher call failed: {exc!r}") from exc
-        if resp.status_code == 429 or resp.status_code >= 500:
-            after = _seconds(resp.headers.get("retry-after"))
+        if transient(resp.status_code):
+            after = retry_after_s(resp.headers.get("retry-after"))
             raise Retry(f"the teacher answered HTTP {resp.status_code}", after)
         if resp.status_code != 200:
             raise _CallFailed(f"the teacher answered HTTP {resp.status_code}: {resp.text[:200]}")
@@ -162,13 +162,6 @@ class Teacher:
         self.stats.prompt_tokens += _count(usage, "prompt_tokens")
         self.stats.completion_tokens += _count(usage, "completion_tokens")
         return content_text(message.get("content") if isinstance(message, dict) else None)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _count(usage: Any, name: str) -> int:

@@ -39,7 +39,7 @@ import structlog
 from core.errors import JudgeError
 from core.judging import cache
 from core.judging.config import Criterion, Endpoint, JudgesConfig, JudgeSettings
-from core.judging.limits import Budget, Pacer, Retry, paced
+from core.judging.limits import Budget, Pacer, Retry, paced, retry_after_s, transient
 from core.judging.prompts import (
     JudgeItem,
     cache_key,
@@ -271,8 +271,8 @@ class Judge:
             raise JudgeError(f"the judge timed out: {exc!r}") from exc
         except httpx.HTTPError as exc:
             raise JudgeError(f"the judge call failed: {exc!r}") from exc
-        if resp.status_code == 429 or resp.status_code >= 500:
-            after = _seconds(resp.headers.get("retry-after"))
+        if transient(resp.status_code):
+            after = retry_after_s(resp.headers.get("retry-after"))
             raise _Retryable(f"the judge answered HTTP {resp.status_code}", resp.text, after)
         if resp.status_code != 200:
             raise JudgeError(f"the judge answered HTTP {resp.status_code}", resp.text)
@@ -308,13 +308,6 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None, ra
     if retry_after is not None:
         return min(cap, max(0.0, retry_after))
     return min(cap, base * 2.0**attempt) * (0.5 + rand / 2)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 def _count_of(usage: Mapping[str, Any], name: str) -> int:

@@ -75,6 +75,20 @@ class Budget:
         return self.calls_used >= self.calls or self.tokens_used >= self.tokens
 
 
+def transient(status: int) -> bool:
+    """Whether an HTTP status is worth trying again: 429 (slow down) or a server error."""
+    return status == 429 or status >= 500
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A ``retry-after`` header in seconds; None when absent or an HTTP date (then the
+    caller's own backoff applies)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class Retry(Exception):
     """A call failed in a way worth trying again (no connection, 429, 5xx); ``after`` is the
     server's ``retry-after`` in seconds, if it sent one."""
