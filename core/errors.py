@@ -6,7 +6,8 @@
     │   ├── CorruptSegment      a sealed segment fails its checks (.path, .offset, .reason)
     │   └── SpoolWriteFailed    a record a strict writer was given could not be written
     ├── StoreError              a store operation failed; the message names the store and the key
-    │   └── StoreNotFound       the object asked for does not exist
+    │   ├── StoreNotFound       the object asked for does not exist
+    │   └── StoreConflict       a conditional write lost: the object changed (or exists)
     ├── JudgeError              a judge could not be asked, or a labels file not read
     │                           (``core.judging``; a failed call is one item's error)
     ├── ApiError                the gateway's OpenAI-shaped errors (``gateway.errors``)
@@ -55,6 +56,10 @@ class StoreError(ProtegeError):
 
 class StoreNotFound(StoreError):
     """The object does not exist."""
+
+
+class StoreConflict(StoreError):
+    """A conditional write was refused: the object is not the version the writer read."""
 
 
 class JudgeError(ProtegeError):

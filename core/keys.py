@@ -11,6 +11,12 @@
     rollouts/routes.json                                                  runtime rollouts
     judgements/<task>/<criterion>/<version>/<ulid>.parquet                cached judge verdicts
     judges/<task>/<criterion>/calibration.json                            a criterion's calibration
+    events/<task>/<event-id>.json                                         the task's timeline
+    autopilot/control.json                                                tasks paused (admin API)
+    autopilot/<task>/lease.json                                           who retrains the task
+    autopilot/<task>/status.json                                          its latest decision
+    autopilot/<task>/runs/<run-id>.json                                   a run's outcome
+    monitors/<task>/<replica>.json                                        a gateway's live view
 
 A part's key derives from the spool segment it came from, so shipping the same segment twice
 (after a crash between upload and delete) overwrites instead of duplicating. Files written last
@@ -187,3 +193,48 @@ def judgements_prefix(task: str, criterion: str, version: str) -> str:
 def calibration_key(task: str, criterion: str) -> str:
     """A criterion's stored calibration against human labels."""
     return f"{JUDGES}/{task}/{criterion}/calibration.json"
+
+
+# --- the closed loop: timeline, autopilot, live views ---
+
+EVENTS: Final = "events"
+AUTOPILOT: Final = "autopilot"
+CONTROL: Final = "autopilot/control.json"
+MONITORS: Final = "monitors"
+
+
+def events_prefix(task: str) -> str:
+    """The folder of ``task``'s timeline: one object per event, named by a time-ordered id."""
+    return f"{EVENTS}/{task}/"
+
+
+def event_key(task: str, event_id: str) -> str:
+    return f"{events_prefix(task)}{event_id}.json"
+
+
+def lease_key(task: str) -> str:
+    """The lease an autopilot holds while it retrains ``task`` (``core.lease``)."""
+    return f"{AUTOPILOT}/{task}/lease.json"
+
+
+def status_key(task: str) -> str:
+    """The autopilot's latest decision about ``task`` (rewritten on every pass)."""
+    return f"{AUTOPILOT}/{task}/status.json"
+
+
+def runs_prefix(task: str) -> str:
+    return f"{AUTOPILOT}/{task}/runs/"
+
+
+def run_key(task: str, run_id: str) -> str:
+    """The outcome of one retraining run, written by the trainer when the run ends."""
+    return f"{runs_prefix(task)}{run_id}.json"
+
+
+def monitors_prefix(task: str) -> str:
+    return f"{MONITORS}/{task}/"
+
+
+def monitor_key(task: str, replica: str) -> str:
+    """One gateway replica's live view of ``task`` (drift, challenge scores), rewritten often."""
+    return f"{monitors_prefix(task)}{replica}.json"

@@ -5,12 +5,20 @@ region, credentials, profile) exactly as the reader in ``core.read`` is, so any 
 store works. Local directories get the same
 semantics: a ``put`` is atomic (write aside, fsync, rename), so a reader never sees half a part.
 Every failure becomes a ``StoreError`` here and nowhere else.
+
+Small shared documents (a lease, the autopilot's controls) are changed by compare-and-swap:
+``get_tagged`` reads an object with its tag, ``put_if`` writes only if the object is still that
+version (or, with ``tag=None``, does not exist yet) and raises ``StoreConflict`` otherwise.
+On S3 these are conditional requests (``If-Match``, ``If-None-Match: *``); in a directory, a
+lock file serialises writers across processes and the tag is the content's digest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -27,7 +35,7 @@ import aiohttp
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.errors import StoreError, StoreNotFound
+from core.errors import StoreConflict, StoreError, StoreNotFound
 from core.s3 import S3Settings
 
 _SINGLE_PUT_MAX = 64 * 1024 * 1024  # larger files go up in multipart
@@ -78,6 +86,15 @@ class Store(ABC):
 
     @abstractmethod
     async def delete(self, keys: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and its version tag, for a later ``put_if``."""
+
+    @abstractmethod
+    async def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Write ``data`` only if ``key`` is still at version ``tag`` (None: only if it does
+        not exist); its new tag. ``StoreConflict`` when someone else wrote it first."""
 
 
 def open_store(uri: str, s3: S3Settings | None = None) -> Store:
@@ -130,6 +147,30 @@ class FileStore(Store):
     async def delete(self, keys: Sequence[str]) -> None:
         await asyncio.to_thread(self._delete, keys)
 
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        data = await self.get(key)
+        return data, _digest(data)
+
+    async def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        return await asyncio.to_thread(self._put_if, self._path(key), data, tag)
+
+    def _put_if(self, target: Path, data: bytes, tag: str | None) -> str:
+        """Under an exclusive lock on ``target``'s lock file: compare, then write."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target.parent / f".lock-{target.name}", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    current = _digest(target.read_bytes())
+                except FileNotFoundError:
+                    current = None
+                if current != tag:
+                    raise StoreConflict(f"{self.uri}: {target.name} changed (or exists) since read")
+                self._write(target, data)
+        except OSError as exc:
+            raise StoreError(f"{self.uri}: cannot write {target}: {exc}") from exc
+        return _digest(data)
+
     def _write(self, target: Path, source: bytes | Path) -> None:
         """Atomically place ``source`` at ``target``: temp file, fsync, rename, fsync dir."""
         try:
@@ -164,7 +205,7 @@ class FileStore(Store):
         out = []
         for path in _walk(start):
             key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and not path.name.startswith(".tmp-"):
+            if key.startswith(prefix) and not path.name.startswith((".tmp-", ".lock-")):
                 with contextlib.suppress(FileNotFoundError):
                     out.append(StoredObject(key, path.stat().st_size))
         return sorted(out, key=lambda o: o.key)
@@ -175,6 +216,10 @@ class FileStore(Store):
                 self._path(key).unlink(missing_ok=True)
             except OSError as exc:
                 raise StoreError(f"{self.uri}: cannot delete {key!r}: {exc}") from exc
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _walk(start: Path) -> Iterator[Path]:
@@ -260,6 +305,21 @@ class S3Store(Store):
                     while chunk := await body.read(_PART_SIZE // 4):
                         await asyncio.to_thread(out.write, chunk)
 
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        async with self._translate(key):
+            resp = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+            return data, str(resp["ETag"])
+
+    async def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+        async with self._translate(key):
+            resp = await self._client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, **condition
+            )
+            return str(resp["ETag"])
+
     async def list_objects(self, prefix: str) -> list[StoredObject]:
         out: list[StoredObject] = []
         async with self._translate(prefix):
@@ -290,6 +350,8 @@ class S3Store(Store):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404"):
                 raise StoreNotFound(f"{self.uri}: no object {key!r}") from exc
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                raise StoreConflict(f"{self.uri}: {key!r} changed (or exists) since read") from exc
             raise StoreError(f"{self.uri}: {code or 'error'} on {key!r}: {exc}") from exc
         except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StoreError(f"{self.uri}: unreachable on {key!r}: {exc}") from exc

@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import StoreError
+from core.metrics_page import serve_metrics
 from core.store import Store, open_store
 from sidecar.config import SidecarSettings
 from sidecar.metrics import SidecarMetrics
@@ -156,19 +156,8 @@ async def _wait_for_writers(shippers: list[Shipper], wait_s: float) -> None:
 async def _serve_metrics(
     settings: SidecarSettings, metrics: SidecarMetrics, shipper: Shipper
 ) -> web.AppRunner:
-    async def metrics_page(_: web.Request) -> web.Response:
+    async def refresh() -> None:
         await asyncio.to_thread(shipper.observe_backlog)
-        body = generate_latest(metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     cfg = settings.sidecar
-    await web.TCPSite(runner, cfg.metrics_host, cfg.metrics_port).start()
-    return runner
+    return await serve_metrics(metrics.registry, cfg.metrics_host, cfg.metrics_port, refresh)

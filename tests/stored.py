@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from core.errors import StoreError
 from core.keys import part_key, partition_of
 from core.record import SCHEMA_VERSION, records_to_table
-from core.store import Store
+from core.store import FileStore, Store, StoredObject
 from sidecar.parts import parquet_writer
 from tests.s3_server import S3Server
 
@@ -75,3 +76,45 @@ def store_uri(
     bucket = f"store-{uuid.uuid4().hex[:12]}"
     server.client().create_bucket(Bucket=bucket)
     return f"s3://{bucket}/protege"
+
+
+class FlakyStore(FileStore):
+    """A file store whose every call fails while ``down`` (a store outage, at will)."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreError("store down")
+
+    async def get(self, key: str) -> bytes:
+        self._check()
+        return await super().get(key)
+
+    async def get_file(self, key: str, path: Path) -> None:
+        self._check()
+        await super().get_file(key, path)
+
+    async def put(self, key: str, data: bytes) -> None:
+        self._check()
+        await super().put(key, data)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        self._check()
+        await super().put_file(key, path)
+
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        self._check()
+        return await super().get_tagged(key)
+
+    async def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        self._check()
+        return await super().put_if(key, data, tag)
+
+    async def list_objects(self, prefix: str) -> list[StoredObject]:
+        self._check()
+        return await super().list_objects(prefix)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        self._check()
+        await super().delete(keys)

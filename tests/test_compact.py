@@ -135,6 +135,12 @@ class Faulty(Store):
             raise StoreError("simulated crash before delete")
         await self.inner.delete(keys)
 
+    async def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return await self.inner.get_tagged(key)
+
+    async def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        return await self.inner.put_if(key, data, tag)
+
 
 async def test_crash_between_upload_and_delete_recovers(store: Store, tmp_path: Path) -> None:
     """After a crash between upload and delete, records are only duplicated (never lost), and

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import StoreError, StoreNotFound
+from core.errors import StoreConflict, StoreError, StoreNotFound
 from core.store import FileStore, Store, open_store
 from tests.s3_server import S3Server, aws_env
 
@@ -76,3 +76,35 @@ def test_unknown_scheme_is_refused() -> None:
     """Only file:// and s3:// stores exist."""
     with pytest.raises(StoreError, match="file://DIR or s3://"):
         open_store("gs://bucket/x")
+
+
+async def test_conditional_writes_let_one_writer_win(store: Store) -> None:
+    """``put_if`` creates only what does not exist and replaces only the version read: of two
+    writers that read the same version, the second is refused and nothing of it is written."""
+    tag = await store.put_if("doc.json", b"v1", None)
+    with pytest.raises(StoreConflict):
+        await store.put_if("doc.json", b"v1 again", None)
+    data, read_tag = await store.get_tagged("doc.json")
+    assert (data, read_tag) == (b"v1", tag)
+    second = await store.put_if("doc.json", b"v2 by A", read_tag)
+    with pytest.raises(StoreConflict):
+        await store.put_if("doc.json", b"v2 by B", read_tag)
+    assert await store.get_tagged("doc.json") == (b"v2 by A", second)
+    with pytest.raises(StoreNotFound):
+        await store.get_tagged("missing.json")
+    assert [o.key for o in await store.list_objects("")] == ["doc.json"]
+
+
+async def test_conditional_writes_race_across_tasks(store: Store) -> None:
+    """Twenty writers racing to create one object: exactly one succeeds."""
+    import asyncio
+
+    async def attempt(i: int) -> bool:
+        try:
+            await store.put_if("race.json", str(i).encode(), None)
+        except StoreConflict:
+            return False
+        return True
+
+    won = await asyncio.gather(*(attempt(i) for i in range(20)))
+    assert sum(won) == 1
