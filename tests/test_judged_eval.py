@@ -5,37 +5,19 @@ a publish rule that stops publication."""
 from __future__ import annotations
 
 import json
-import random
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from core.judging import load_judge_settings
 from tests.fake_judge import FakeJudge
-from trainer import synthetic_refunds as refunds
+from tests.refund_judging import TASK, half_right, judge_settings, refund_rule, refund_tests
 from trainer.evaluate import evaluate
 from trainer.examples import Example
 from trainer.judged import judge_evaluation, judge_for_publication
 from trainer.pipeline import RUN_FILE, BelowBaseline, publish_run
 from trainer.report import write_report
-
-TASK = "refunds"
-_TAG = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
-
-
-def refund_rule(user: str) -> bool:
-    """The judge of the refund task: pairwise by ``refunds.as_good`` (the thing read from the
-    teacher's answer), else "does the answer start with a verdict?"."""
-    tags = dict(_TAG.findall(user))
-    if "teacher_answer" in tags:
-        reference = tags["teacher_answer"]
-        thing = next(t for t in refunds.THINGS if t in reference)
-        return refunds.as_good(reference, tags["student_answer"], thing)
-    return refunds.verdict(tags.get("answer", "")) is not None
 
 
 @pytest.fixture
@@ -44,70 +26,27 @@ def judge() -> Iterator[FakeJudge]:
         yield fake
 
 
-def _settings(tmp_path: Path, judge: FakeJudge, **task: Any) -> Any:
-    config = {
-        "store": f"file://{tmp_path / 'store'}",
-        "judges": {
-            "endpoint": {"base_url": judge.base_url, "model": "judge"},
-            "max_calls_per_s": 200,
-            "max_concurrency": 8,
-            "tasks": {TASK: {
-                "criteria": [{"name": "verdict-first", "uses": ["answer"],
-                              "question": "Does the answer start with Yes or No?"}],
-                "pairwise": True, **task,
-            }},
-        },
-    }  # fmt: skip
-    path = tmp_path / "protege.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return load_judge_settings(path, env={})
-
-
-def _tests() -> dict[str, list[Example]]:
-    rng = random.Random(5)
-    tickets = [refunds.ticket(rng) for _ in range(20)]
-    examples = [
-        Example(f"r{i}", refunds.messages(t.text), refunds.teacher_answer(t), f"g{i}")
-        for i, t in enumerate(tickets)
-    ]
-    return {"test-indist": examples, "test-balanced": []}
-
-
 def _evaluation(tests: dict[str, list[Example]]) -> Any:
     """The student paraphrases the even tickets (right) and flips the odd ones (wrong)."""
-    by_id = {e.request_id: e for e in tests["test-indist"]}
-
-    def student(examples: list[Example]) -> list[str]:
-        out = []
-        for e in examples:
-            t = _ticket_of(by_id[e.request_id])
-            wrong = int(e.request_id[1:]) % 2
-            out.append(refunds.near_copy_wrong(t) if wrong else refunds.paraphrase(t))
-        return out
 
     def base(examples: list[Example]) -> list[str]:
         return ["I am not sure." for _ in examples]
 
-    return evaluate(tests, {"student": student, "base": base})
-
-
-def _ticket_of(example: Example) -> refunds.Ticket:
-    thing = next(t for t in refunds.THINGS if t in example.completion)
-    return refunds.Ticket(example.messages[-1]["content"], thing, example.completion[:3] == "Yes")
+    return evaluate(tests, {"student": half_right(tests), "base": base})
 
 
 def test_the_judge_rates_what_similarity_gets_wrong(tmp_path: Path, judge: FakeJudge) -> None:
     """Half the student's answers are right paraphrases and half wrong near-copies: ROUGE-L
     scores the wrong ones higher, the pairwise judge passes exactly the right half; the
     teacher's answers all start with a verdict, and so do the student's."""
-    tests = _tests()
+    tests = refund_tests()
     evaluation = _evaluation(tests)
     records = {r.request_id: r for r in evaluation.scores["test-indist"]["student"].records}
     wrong = [r.score for i, r in records.items() if int(i[1:]) % 2]
     right = [r.score for i, r in records.items() if not int(i[1:]) % 2]
     assert min(wrong) > max(right)  # similarity prefers every wrong answer to every right one
 
-    judged = judge_evaluation(_settings(tmp_path, judge), TASK, tests, evaluation)
+    judged = judge_evaluation(judge_settings(tmp_path, judge), TASK, tests, evaluation)
     assert judged is not None
     assert judged.criteria == ["verdict-first", "as-good-as-teacher"]
     assert list(judged.rates) == ["test-indist"]  # the empty set is not judged
@@ -123,7 +62,7 @@ def test_the_judge_rates_what_similarity_gets_wrong(tmp_path: Path, judge: FakeJ
 
 def test_judging_again_costs_nothing(tmp_path: Path, judge: FakeJudge) -> None:
     """The same answers judged a second time come from the store's cache."""
-    tests, settings = _tests(), _settings(tmp_path, judge)
+    tests, settings = refund_tests(), judge_settings(tmp_path, judge)
     evaluation = _evaluation(tests)
     first = judge_evaluation(settings, TASK, tests, evaluation)
     calls = judge.calls
@@ -136,8 +75,8 @@ def test_judging_again_costs_nothing(tmp_path: Path, judge: FakeJudge) -> None:
 def test_a_garbage_judge_never_passes(tmp_path: Path, judge: FakeJudge) -> None:
     """Verdicts in no valid form are errors: no rate, counted apart."""
     judge.mode = "garbage"
-    tests = _tests()
-    judged = judge_evaluation(_settings(tmp_path, judge), TASK, tests, _evaluation(tests))
+    tests = refund_tests()
+    judged = judge_evaluation(judge_settings(tmp_path, judge), TASK, tests, _evaluation(tests))
     assert judged is not None
     rate = judged.rates["test-indist"]["as-good-as-teacher"]["student"]
     assert (rate.rate, rate.passed, rate.errors) == (None, 0, 20)
@@ -148,8 +87,8 @@ def test_a_garbage_judge_never_passes(tmp_path: Path, judge: FakeJudge) -> None:
 
 def test_no_judges_no_calls(tmp_path: Path, judge: FakeJudge) -> None:
     """A task without judges is not judged."""
-    tests = _tests()
-    settings = _settings(tmp_path, judge)
+    tests = refund_tests()
+    settings = judge_settings(tmp_path, judge)
     assert judge_evaluation(settings, "another-task", tests, _evaluation(tests)) is None
     assert judge.calls == 0
 
@@ -159,8 +98,8 @@ def test_the_publish_rule_is_reported_and_stops_publication(
 ) -> None:
     """publish_min below the student's pairwise rate: the report says not met, and a run
     whose run.json carries the shortfall is refused by publish_run."""
-    tests = _tests()
-    settings = _settings(tmp_path, judge, publish_min={"as-good-as-teacher": 0.9})
+    tests = refund_tests()
+    settings = judge_settings(tmp_path, judge, publish_min={"as-good-as-teacher": 0.9})
     evaluation = _evaluation(tests)
     lines: list[str] = []
     judged, shortfalls = judge_for_publication(settings, TASK, tests, evaluation, lines.append)

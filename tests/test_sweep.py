@@ -14,12 +14,10 @@ from core.errors import ConfigError
 from core.keys import ADAPTER_FILES, MANIFEST
 from protege.cli import main
 from tests.test_demo import tiny_base  # noqa: F401  (a fixture: a tiny base for ticket words)
-from tests.test_learning import log_tickets
+from tests.ticket_runs import TASK, ticket_store, train_argv
 from trainer.config import TrainConfig
 from trainer.publish import list_versions
 from trainer.sweep import Sweep, kept_run, parse_sweep, sweep_of, sweep_table
-
-TASK = "tickets"
 
 
 def test_values_are_read_like_set_and_the_rest_is_fixed() -> None:
@@ -170,21 +168,9 @@ def test_cli_refuses_sweep_with_data_fractions(capsys: pytest.CaptureFixture[str
 def _train(tmp_path: Path, base: Path, *args: str) -> tuple[str, Path]:
     """``protege train`` of 48 logged tickets on the tiny base, two steps a run; returns the
     store and the run directory."""
-    store = f"file://{tmp_path / 'store'}"
-    log_tickets(store, 48, tmp_path)
-    config = tmp_path / "protege.yaml"
-    config.write_text(
-        "trainer:\n  tasks:\n    tickets:\n      label: {json_path: '$.category'}\n"
-        "      test_fraction: 0.25\n      test_balanced_per_class: 2\n"
-    )
+    store, config = ticket_store(tmp_path)
     out = tmp_path / "run"
-    code = main([
-        "train", "--task", TASK, "--config", str(config), "--store", store, "--out", str(out),
-        "--base-model", str(base), "--device", "cpu", "--no-publish",
-        "--set", "max_steps=2", "--set", "seq_len=256", "--set", "max_tokens_per_batch=1024",
-        "--set", "eval_max_new_tokens=8", *args,
-    ])  # fmt: skip
-    assert code == 0
+    assert main(train_argv(store, config, out, base, "--no-publish", *args)) == 0
     return store, out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     train.add_argument("--since", type=_when)
     train.add_argument("--until", type=_when)
+    _autopilot_args(train)
     train.set_defaults(run=_train)
 
     ev = sub.add_parser("eval", help="an adapter against the zero-shot base on the test sets")
@@ -62,6 +64,25 @@ def register(sub: Any) -> None:
     pub.add_argument("--run", dest="run_dir", required=True, type=Path,
                      help="the run directory of protege train")  # fmt: skip
     pub.set_defaults(run=_publish)
+
+
+def _autopilot_args(train: argparse.ArgumentParser) -> None:
+    """What the autopilot passes: the adapter to beat, and the name the run's record takes."""
+    train.add_argument(
+        "--champion", type=_adapter_ref, metavar="VERSION",
+        help="the task's published adapter serving now (VERSION or TASK/VERSION): evaluated on "
+        "the same test sets, and the student is published only if it matches it on every one",
+    )  # fmt: skip
+    train.add_argument(
+        "--champion-margin", type=float, default=0.0, metavar="M",
+        help="the lead over the champion's headline the student needs on every test set "
+        "(default 0: a tie passes)",
+    )  # fmt: skip
+    train.add_argument(
+        "--run-id", type=_run_id, metavar="R",
+        help="name of this run: when it ends (published, rejected or failed) its record is "
+        "written to autopilot/<task>/runs/<R>.json in the store, and protege.json says run_id",
+    )  # fmt: skip
 
 
 def _relabel_args(commands: Any) -> None:
@@ -107,6 +128,24 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _run_id(text: str) -> str:
+    from core.keys import NAME
+
+    if re.fullmatch(NAME, text) is None:
+        raise argparse.ArgumentTypeError(
+            f"must be one store key component (letters, digits, _ . -; no /), got {text!r}"
+        )
+    return text
+
+
+def _adapter_ref(text: str) -> str:
+    from core.keys import ADAPTER_ID, NAME
+
+    if re.fullmatch(NAME, text) is None and ADAPTER_ID.match(text) is None:
+        raise argparse.ArgumentTypeError(f"must be VERSION or TASK/VERSION, got {text!r}")
+    return text
 
 
 def _share(text: str) -> float:
@@ -230,21 +269,51 @@ def _default_out(task: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """``protege train``; with ``--run-id`` the run leaves its record in the store however it
+    ends (``trainer.run_record``): rank 0 writes it, or, when torchrun ends without one (a rank
+    died first), the process that launched it."""
+    from trainer import distributed
+    from trainer.run_record import RunFacts
+
+    facts = RunFacts()
+    try:
+        code, world = _train_run(args, facts)
+    except BaseException as exc:
+        _leave_record(args, facts, exc)
+        raise
+    if world is None:  # the ranks ran under torchrun, their rank 0 wrote the record
+        if code != 0:
+            died = ChildProcessError(f"torchrun exited with status {code} before rank 0 "
+                                     "wrote the run's record")  # fmt: skip
+            _leave_record(args, facts, died, unless_written=True)
+        return code
+    _leave_record(args, facts, None)
+    return distributed.leave(code, world)
+
+
+def _train_run(args: argparse.Namespace, facts: Any) -> tuple[int, Any]:
+    """The run's exit status and its rank's world; no world when it was launched on
+    ``--nproc`` ranks under torchrun."""
     from core.errors import ConfigError
     from trainer import distributed
+    from trainer.champion import Champion, champion_version
     from trainer.model import check_quantize
     from trainer.pipeline import BelowBaseline, run
 
     config = train_config(args.train_config, args.set)
     opts = _options(
         args, config=config, sweep=_sweep(args, config), publish=not args.no_publish,
-        since=args.since, until=args.until,
+        since=args.since, until=args.until, run_id=args.run_id, facts=facts,
     )  # fmt: skip
+    if args.champion is not None:
+        version = champion_version(args.task, args.champion)
+        opts.champion = Champion(opts.store, args.task, version, args.champion_margin)
+        facts.champion = opts.champion.adapter_id
     check_quantize(config.quantize, opts.device)  # before any data or model is loaded
     if opts.sweep is not None and config.sharding == "fsdp":
         raise ConfigError("config: sharding=fsdp trains one student a launch: drop --sweep")
     if args.nproc > 1:
-        return _launch(args)
+        return _launch(args), None
     code = 0
     with distributed.joined(opts.device) as world:
         opts.device = distributed.rank_device(opts.device, world)
@@ -254,8 +323,32 @@ def _train(args: argparse.Namespace) -> int:
             run(opts)
         except BelowBaseline as exc:
             print(f"protege: not published: {exc}")
+            facts.rejected = str(exc)
             code = 3
-    return distributed.leave(code, world)
+    return code, world
+
+
+def _leave_record(
+    args: argparse.Namespace, facts: Any, error: BaseException | None, unless_written: bool = False
+) -> None:
+    """Write the run's record (``--run-id``; rank 0 of a torchrun only); a failure to is
+    logged, never raised over the run's own ending."""
+    import os
+    import time
+
+    from trainer import distributed
+    from trainer.run_record import leave_record, record_of, recorded
+
+    if args.run_id is None or not distributed.world_from_env(os.environ).main:
+        return
+    record = record_of(args.task, args.run_id, facts, error, time.time())
+    try:
+        store = _settings(args).store
+    except Exception as exc:  # the settings may be what failed: nowhere to write the record
+        leave_record(None, record, why=f"no store: {exc}")
+        return
+    if not (unless_written and recorded(store, args.task, args.run_id)):
+        leave_record(store, record)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -284,7 +377,7 @@ def _silent(_: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from trainer.pipeline import evaluate_adapter
+    from trainer.adapter_eval import evaluate_adapter
 
     evaluation, _ = evaluate_adapter(_options(args), args.adapter)
     return 0 if evaluation.student_beats_baseline else 3

@@ -10,7 +10,9 @@ publication, chosen once from all test examples so every set and model is judged
   ``SHORT_ANSWER_TOKENS`` whitespace tokens: a word, a number, a name), else mean ROUGE-L F1.
 
 The student may be published when its headline is at least every baseline's on every non-empty
-test set (``EvalResult.student_beats_baseline``). Given a second predictor for the student, one
+test set (``EvalResult.student_beats_baseline``). A *contender* (the champion: the adapter
+serving now, ``trainer.champion``) is scored beside them and shown in every table, but it is no
+baseline: it has a publication rule of its own. Given a second predictor for the student, one
 that samples as the task's traffic does (``trainer.decoding``), it is scored too, as
 ``EvalResult.sampled``: the figures the published decoding policy is chosen from. Predictors are
 plain callables from examples to answers, so this module never loads a model.
@@ -54,6 +56,8 @@ class EvalResult:
     mistakes: dict[str, list[ExampleRecord]]  # test set -> the student's worst answers
     # test set -> the student's scores sampling as the traffic does (None: not measured)
     sampled: dict[str, SetScores] | None = None
+    # predictors scored for comparison that are not baselines (the champion)
+    contenders: tuple[str, ...] = ()
 
     @property
     def models(self) -> list[str]:
@@ -61,7 +65,7 @@ class EvalResult:
 
     @property
     def baselines(self) -> list[str]:
-        return [m for m in self.models if m != self.student]
+        return [m for m in self.models if m != self.student and m not in self.contenders]
 
     @property
     def headline(self) -> dict[str, dict[str, float]]:
@@ -109,6 +113,7 @@ class EvalResult:
             "headline_metric": self.headline_metric,
             "student": self.student,
             "baselines": self.baselines,
+            "contenders": list(self.contenders),
             "student_beats_baseline": self.student_beats_baseline,
             "headline": self.headline,
             "student_sampled": self.sampled_headline if self.sampled is not None else None,
@@ -127,12 +132,17 @@ def evaluate(
     student: str = "student",
     sampled: Predictor | None = None,
     mistakes_per_set: int = MISTAKES_PER_SET,
+    contenders: Sequence[str] = (),
 ) -> EvalResult:
-    """Score every predictor on every test set; ``student`` names the one being judged, and
-    ``sampled`` is the same student sampling as the traffic does (scored apart, if given)."""
+    """Score every predictor on every test set; ``student`` names the one being judged,
+    ``sampled`` is the same student sampling as the traffic does (scored apart, if given), and
+    ``contenders`` the predictors that are compared with it but are not baselines."""
     if student not in predictors:
         raise ValueError(f"predictors: no {student!r} among {sorted(predictors)}")
-    if len(predictors) < 2:
+    unknown = [c for c in contenders if c not in predictors or c == student]
+    if unknown:
+        raise ValueError(f"predictors: contenders {unknown} are not among the baselines")
+    if len(predictors) - len(contenders) < 2:
         raise ValueError(f"predictors: {student!r} needs at least one baseline to be judged by")
     everything = [e for examples in test_sets.values() for e in examples]
     kind = task_kind(everything, label_rule)
@@ -153,7 +163,9 @@ def evaluate(
             for name, examples in test_sets.items()
         }
     headline = headline_metric(kind, everything)
-    return EvalResult(kind, headline, student, scores, mistakes, sampled_scores)
+    return EvalResult(
+        kind, headline, student, scores, mistakes, sampled_scores, tuple(contenders)
+    )
 
 
 def headline_metric(kind: str, examples: Sequence[Example]) -> str:

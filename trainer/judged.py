@@ -7,7 +7,10 @@ For a task with judges (``judges.tasks.<task>``), every non-empty test set is ju
   the teacher's rate is the ceiling the student's is read against, and a low one says the
   criterion, or the teacher, is off (the playbook's teacher-quality check);
 - the pairwise criterion (``as-good-as-teacher``) on the student's answers against the
-  teacher's.
+  teacher's;
+- with a champion in the evaluation (the adapter serving now, ``EvalResult.contenders``), every
+  criterion on its answers too, rated as ``champion``: its pass rates are the bar the
+  champion's publication rule sets (``trainer.champion``).
 
 A rate is passes over passes and fails: an ``error`` (the judge answered in no valid form) or
 ``skipped`` (the run's budget was spent) never passes and is counted apart. A criterion its
@@ -36,9 +39,11 @@ from core.judging import (
 from core.store import open_store
 from trainer.evaluate import EvalResult
 from trainer.examples import Example
+from trainer.metrics import SetScores
 
 STUDENT: Final = "student"
 TEACHER: Final = "teacher"
+CHAMPION: Final = "champion"
 Run = Callable[[JudgeSettings, Sequence[tuple[Criterion, Sequence[JudgeItem]]]], Batches]
 
 
@@ -80,6 +85,11 @@ class Judged:
     def student_rate(self, test_set: str, criterion: str) -> float | None:
         return self.rates[test_set][criterion][STUDENT].rate
 
+    def rate_of(self, who: str, test_set: str, criterion: str) -> float | None:
+        """``who``'s rate (student, teacher, champion); None where it was not judged."""
+        found = self.rates.get(test_set, {}).get(criterion, {}).get(who)
+        return None if found is None else found.rate
+
     def meets(self, publish_min: Mapping[str, float]) -> list[str]:
         """What keeps the student from publication under ``publish_min`` (criterion -> lowest
         rate on every test set); empty when it meets them all. An unjudged set fails."""
@@ -109,8 +119,8 @@ def judge_evaluation(
     *,
     run: Run = judge_batches,
 ) -> Judged | None:
-    """The judges' verdicts on ``evaluation``'s student and on the teacher, per non-empty test
-    set; None when ``task`` has no judges."""
+    """The judges' verdicts on ``evaluation``'s student, on its champion if it has one, and on
+    the teacher, per non-empty test set; None when ``task`` has no judges."""
     criteria = settings.criteria(task)
     if not criteria:
         return None
@@ -119,13 +129,14 @@ def judge_evaluation(
     for name, examples in tests.items():
         if not examples:
             continue
-        records = evaluation.scores[name][evaluation.student].records
-        answers = {
-            STUDENT: {r.request_id: r.prediction for r in records},
-            TEACHER: {e.request_id: e.completion for e in examples},
-        }
+        by_model = evaluation.scores[name]
+        answers = {STUDENT: _predictions(by_model[evaluation.student])}
+        for champion in evaluation.contenders[:1]:
+            answers[CHAMPION] = _predictions(by_model[champion])
+        answers[TEACHER] = {e.request_id: e.completion for e in examples}
+        answered = [who for who in answers if who != TEACHER]
         for criterion in criteria:
-            for who in (STUDENT,) if criterion.mode == "pairwise" else (STUDENT, TEACHER):
+            for who in answered if criterion.mode == "pairwise" else answers:
                 batches.append((criterion, _items(examples, answers[who])))
                 places.append((name, criterion.name, who))
     result = run(settings, batches)
@@ -156,6 +167,10 @@ def judge_for_publication(
     say(f"[judges] student pass rates: {rates or 'none judged'}; "
         f"{judged.usage.get('calls', 0)} judge calls")  # fmt: skip
     return judged, shortfalls
+
+
+def _predictions(scores: SetScores) -> dict[str, str]:
+    return {r.request_id: r.prediction for r in scores.records}
 
 
 def _items(examples: Sequence[Example], answers: Mapping[str, str]) -> list[JudgeItem]:

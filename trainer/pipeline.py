@@ -1,4 +1,5 @@
-"""``protege train``: dataset → LoRA → evaluation against the naive baseline → publication.
+"""``protege train``: dataset → LoRA → evaluation against the naive baseline (and the champion,
+``trainer.champion``) → publication.
 
 Reads top to bottom: data, model and baseline, training and evaluation (one run, or one per
 value of a swept setting, ``trainer.sweep``), report, publication. Everything a run produced
@@ -24,9 +25,11 @@ import torch
 
 from core.judging import JudgeSettings
 from trainer import distributed
+from trainer.champion import Champion, measure, standing
 from trainer.config import TrainConfig
 from trainer.dataset import build_snapshot, load_snapshot
 from trainer.decoding import serving_manifest
+from trainer.errors import BelowBaseline, BelowChampion
 from trainer.evaluate import EvalResult, evaluate
 from trainer.examples import TEST_SPLITS, Example
 from trainer.judged import Judged, judge_for_publication
@@ -50,16 +53,13 @@ from trainer.predictors import (
 )
 from trainer.publish import Published, publish, reference_profile
 from trainer.report import mark_published, write_report
+from trainer.run_record import RunFacts
 from trainer.settings import CurationConfig
 from trainer.sharding import full_lora_state
 from trainer.sweep import SWEEP_DIR, SWEEP_FILE, Sweep, kept_run, sweep_row, sweep_table
 
 RUN_FILE = "run.json"
 BASELINE = "base (zero-shot)"
-
-
-class BelowBaseline(Exception):
-    """The student does not beat the naive baseline; it is not published."""
 
 
 @dataclass
@@ -78,6 +78,9 @@ class RunOptions:
     since: datetime | None = None
     until: datetime | None = None
     say: Callable[[str], None] = print  # progress, for a person
+    champion: Champion | None = None  # the adapter serving now, to be matched
+    run_id: str | None = None  # the autopilot's name for this run, in protege.json
+    facts: RunFacts = field(default_factory=RunFacts)  # what the run's record will say
 
 
 @dataclass
@@ -108,7 +111,8 @@ def run(opts: RunOptions) -> RunResult | None:
         raise ValueError(f"snapshot {snapshot} of task {opts.task} has no training example")
 
     # Model: the base, loaded once. The naive baseline is that base answering zero-shot; its
-    # (greedy, deterministic) answers are computed once, before any adapter touches the base.
+    # (greedy, deterministic) answers are computed once, before any adapter touches the base;
+    # so are the champion's, on the same base, which then comes back bare (trainer.champion).
     # A base to be sharded over the ranks is read into host memory and sharded from there.
     ref = resolve_base(opts.base_model)
     sharded = opts.config.sharding == "fsdp" and world.distributed
@@ -118,13 +122,14 @@ def run(opts: RunOptions) -> RunResult | None:
         device="cpu" if sharded else opts.device, quantize=opts.config.quantize,
     )  # fmt: skip
     max_new = answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
-    baseline = None  # ranks other than 0 do not evaluate; a sharded run evaluates afterwards
+    baseline, champion = None, {}  # only rank 0 evaluates; a sharded run does so afterwards
     if world.main and not sharded:
         baseline = cached(greedy_predictor(base, tokenizer, max_new, opts.config), tests)
+        champion, base = measure(opts.champion, base, tokenizer, tests, max_new, opts.config)
 
     # Training: one run, or one per value of the swept setting on the same base and test sets;
     # the kept run is the one with the best mean headline over the test sets (trainer.sweep).
-    bench = _Bench(tokenizer, train_set, tests, baseline)
+    bench = _Bench(tokenizer, train_set, tests, baseline, champion)
     trials = [t for t in _train_runs(opts, base, bench) if t is not None]
     if not world.main:
         return None
@@ -135,15 +140,18 @@ def run(opts: RunOptions) -> RunResult | None:
     serving = serving_manifest(kept.evaluation, splits, tokenizer)
 
     # Judges: the task's LLM criteria on the test sets (free text's real signal), if any.
-    judged, shortfalls = _judged(opts, tests, kept.evaluation)
+    judged, shortfalls = judged_for(opts, tests, kept.evaluation)
+    against = standing(opts.champion, kept.evaluation, judged)
+    opts.facts.note_kept(kept.training, kept.evaluation, judged)
 
     # Report: report with plots, run.json (the manifest publication uses) of the kept run.
     report = write_report(
         kept.evaluation, opts.out_dir, task=opts.task, snapshot=snapshot,
         loss_curve=[(p.step, p.loss) for p in kept.training.curve], sweep=sweep,
         serving=serving, judged=judged, shortfalls=shortfalls,
+        champion_shortfalls=against["champion_shortfalls"],
     )  # fmt: skip
-    manifest = _manifest(ref.model_id, snapshot, kept, sweep)
+    manifest = _manifest(ref.model_id, snapshot, kept, sweep) | against | {"run_id": opts.run_id}
     manifest["prompt_template"] = tokenizer.chat_template
     manifest["input_profile"] = reference_profile(train_set)
     manifest.update(serving)
@@ -155,6 +163,7 @@ def run(opts: RunOptions) -> RunResult | None:
     # Publication: only an adapter that beats the naive baseline.
     published = publish_run(opts.out_dir, opts.store, opts.task) if opts.publish else None
     if published is not None:
+        opts.facts.published = published.adapter_id
         opts.say(f"[publish] {published.uri}")
     return RunResult(
         snapshot, kept.adapter, report, kept.evaluation, kept.training, sweep, published
@@ -169,6 +178,7 @@ class _Bench:
     train_set: list[Example]
     tests: dict[str, list[Example]]
     baseline: Predictor | None  # None on ranks that do not evaluate
+    champion: dict[str, Predictor]  # its name -> its answers; empty without one
 
 
 @dataclass(frozen=True)
@@ -217,12 +227,13 @@ def _train_one(
         f"{training.tokens_per_s:,.0f} tokens/s"
     )
     max_new = answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
-    predictors = {"student": greedy_predictor(student, tok, max_new, cfg), BASELINE: bench.baseline}
+    predictors = {"student": greedy_predictor(student, tok, max_new, cfg), BASELINE: bench.baseline,
+                  **bench.champion}  # fmt: skip
     evaluation = evaluate(
         bench.tests, predictors, label_rule=opts.curation.label,
-        sampled=sampled_predictor(student, tok, max_new, cfg),
+        sampled=sampled_predictor(student, tok, max_new, cfg), contenders=list(bench.champion),
     )  # fmt: skip
-    _say_eval(opts, evaluation)
+    say_eval(opts, evaluation)
     save_adapter(student, adapter, config=cfg)
     return _Trial(as_trained(student, cfg), training, evaluation, adapter)
 
@@ -237,7 +248,7 @@ def _sharded_trial(
 ) -> _Trial | None:
     """A student trained sharded: its LoRA weights gathered whole (a collective: every rank),
     saved by rank 0, which then evaluates the saved adapter on a whole base of its own, spread
-    over the machine's GPUs, against that base's zero-shot answers."""
+    over the machine's GPUs, against that base's zero-shot answers (and the champion's)."""
     state = full_lora_state(student)
     if not distributed.current().main:
         return None
@@ -249,13 +260,15 @@ def _sharded_trial(
                           spread=True)  # fmt: skip
     max_new = answer_budget(tok, bench.tests, cfg.eval_max_new_tokens)
     baseline = cached(greedy_predictor(base, tok, max_new, cfg), bench.tests)
+    champion, base = measure(opts.champion, base, tok, bench.tests, max_new, cfg)
     whole = load_adapter(base, adapter)
-    predictors = {"student": greedy_predictor(whole, tok, max_new, cfg), BASELINE: baseline}
+    predictors = {"student": greedy_predictor(whole, tok, max_new, cfg), BASELINE: baseline,
+                  **champion}  # fmt: skip
     evaluation = evaluate(
         bench.tests, predictors, label_rule=opts.curation.label,
-        sampled=sampled_predictor(whole, tok, max_new, cfg),
+        sampled=sampled_predictor(whole, tok, max_new, cfg), contenders=list(champion),
     )  # fmt: skip
-    _say_eval(opts, evaluation)
+    say_eval(opts, evaluation)
     return _Trial(trained, training, evaluation, adapter)
 
 
@@ -278,7 +291,8 @@ def _sweep_record(opts: RunOptions, trials: list[_Trial]) -> dict[str, Any] | No
     if opts.sweep is None:
         return None
     rows = [
-        sweep_row(value, t.training, _headline(t.evaluation), _relative(t.adapter, opts.out_dir))
+        sweep_row(value, t.training, t.evaluation.greedy_headline,
+                  _relative(t.adapter, opts.out_dir))
         for value, t in zip(opts.sweep.values, trials, strict=True)
     ]
     return {"key": opts.sweep.key, "kept": kept_run(rows), "rows": rows}
@@ -313,7 +327,8 @@ def _manifest(
 
 
 def publish_run(run_dir: Path, store: str, task: str) -> Published:
-    """Publish a run's adapter with its manifest; refuse one that lost to the baseline."""
+    """Publish a run's adapter with its manifest; refuse one that lost to the baseline, missed
+    the judges' rule or does not match its champion."""
     manifest = json.loads((run_dir / RUN_FILE).read_text())
     if not manifest.get("beats_baseline"):
         raise BelowBaseline(
@@ -324,6 +339,11 @@ def publish_run(run_dir: Path, store: str, task: str) -> Published:
         raise BelowBaseline(
             f"the student of {run_dir} misses the judges' publish rule: "
             + "; ".join(manifest["judged_shortfalls"]) + " (see its report.md)"
+        )
+    if manifest.get("beats_champion") is False:
+        raise BelowChampion(
+            f"the student of {run_dir} does not match the champion {manifest['champion']}: "
+            + "; ".join(manifest["champion_shortfalls"]) + " (see its report.md)"
         )
     published = asyncio.run(publish(store, task, run_dir / "adapter", manifest))
     mark_published(run_dir / "report.md", published.version)
@@ -344,69 +364,22 @@ def _data(opts: RunOptions, world: distributed.World) -> tuple[str, dict[str, li
     else:
         snapshot = opts.dataset
     snapshot = distributed.broadcast(snapshot, world)
-    found, splits, _ = asyncio.run(load_snapshot(opts.store, opts.task, snapshot))
+    found, splits, card = asyncio.run(load_snapshot(opts.store, opts.task, snapshot))
+    opts.facts.note_data(found, splits, card.records_in if opts.dataset is None else None)
     return found, splits
 
 
-def _judged(
+def judged_for(
     opts: RunOptions, tests: dict[str, list[Example]], evaluation: EvalResult
 ) -> tuple[Judged | None, list[str] | None]:
+    """The judges' verdicts and publish-rule shortfalls (``trainer.judged``); None without."""
     if opts.judges is None:
         return None, None
     return judge_for_publication(opts.judges, opts.task, tests, evaluation, opts.say)
 
 
-def _say_eval(opts: RunOptions, evaluation: EvalResult) -> None:
-    greedy = ", ".join(f"{k} {v:.3f}" for k, v in _headline(evaluation).items()) or "n/a"
+def say_eval(opts: RunOptions, evaluation: EvalResult) -> None:
+    """The evaluation's headline in one line, for a person."""
+    greedy = ", ".join(f"{k} {v:.3f}" for k, v in evaluation.greedy_headline.items()) or "n/a"
     sampled = ", ".join(f"{k} {v:.3f}" for k, v in evaluation.sampled_headline.items())
     opts.say(f"[eval] {greedy}" + (f" (sampled as the traffic: {sampled})" if sampled else ""))
-
-
-def _headline(evaluation: EvalResult) -> dict[str, float]:
-    """Student headline per non-empty test set."""
-    return {
-        name: by_model["student"]
-        for name, by_model in evaluation.headline.items()
-        if "student" in by_model
-    }
-
-
-def evaluate_adapter(opts: RunOptions, adapter: str) -> tuple[EvalResult, Path]:
-    """``protege eval``: an adapter (a directory, or a published version) against the baseline
-    on the snapshot's test sets; writes the report into ``opts.out_dir``."""
-    from trainer.model import load_adapter
-    from trainer.publish import download_adapter
-
-    opts.out_dir.mkdir(parents=True, exist_ok=True)
-    snapshot, splits, _ = asyncio.run(load_snapshot(opts.store, opts.task, opts.dataset))
-    tests = {name: splits[name] for name in TEST_SPLITS}
-    folder = Path(adapter)
-    if not folder.is_dir():
-        folder = asyncio.run(
-            download_adapter(opts.store, opts.task, adapter, opts.out_dir / "adapter")
-        )
-    base, tokenizer = load_base(
-        resolve_base(opts.base_model),
-        dtype=default_dtype(opts.device, opts.config.bf16),
-        device=opts.device,
-    )
-    max_new = answer_budget(tokenizer, tests, opts.config.eval_max_new_tokens)
-    baseline = cached(greedy_predictor(base, tokenizer, max_new, opts.config), tests)
-    student = load_adapter(base, folder).to(opts.device)
-    predictors = {
-        "student": greedy_predictor(student, tokenizer, max_new, opts.config),
-        BASELINE: baseline,
-    }
-    evaluation = evaluate(
-        tests, predictors, label_rule=opts.curation.label,
-        sampled=sampled_predictor(student, tokenizer, max_new, opts.config),
-    )  # fmt: skip
-    serving = serving_manifest(evaluation, splits, tokenizer)
-    judged, shortfalls = _judged(opts, tests, evaluation)
-    report = write_report(
-        evaluation, opts.out_dir, task=opts.task, snapshot=snapshot, serving=serving,
-        judged=judged, shortfalls=shortfalls,
-    )  # fmt: skip
-    _say_eval(opts, evaluation)
-    opts.say(f"[report] {report}")
-    return evaluation, report

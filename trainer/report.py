@@ -2,8 +2,9 @@
 
 ``write_report`` writes into one folder::
 
-    report.md      headline student vs baselines, every metric, per-class or per-field tables,
-                   the student's worst mistakes, what the task's LLM judges said, the loss
+    report.md      headline student vs baselines (and the champion), the student against the
+                   champion, every metric, per-class or per-field tables, the student's worst
+                   mistakes, what the task's LLM judges said, the loss
                    curve, the sweep, and how the student is to be served (greedy vs sampled
                    scores, decoding policy, output schema)
     scores.png     headline per test set, grouped bars per predictor
@@ -47,6 +48,7 @@ def write_report(
     serving: dict[str, Any] | None = None,
     judged: Judged | None = None,
     shortfalls: Sequence[str] | None = None,
+    champion_shortfalls: Sequence[str] | None = None,
 ) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; return the report's path.
 
@@ -56,11 +58,13 @@ def write_report(
     and ``peak_memory_gb``. ``serving`` is what ``trainer.decoding.serving_manifest`` adds to
     ``protege.json``: ``decoding``, ``output_schema``, ``output_schema_fit``. ``judged`` is
     what the task's LLM judges said (``trainer.judged``), ``shortfalls`` what keeps the student
-    from publication under their publish rule (None: no such rule).
+    from publication under their publish rule (None: no such rule). ``champion_shortfalls``
+    is what keeps it from replacing the champion (``trainer.champion``; None: no champion).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [
         _summary(result, task, snapshot, adapter_version, sweep),
+        _champion_section(result, champion_shortfalls),
         _metrics_section(result),
         *(_set_details(result, name) for name in result.scores),
         _mistakes_section(result),
@@ -105,6 +109,37 @@ def _summary(
             "![headline per test set](scores.png)",
         ]
     )
+
+
+def _champion_section(result: EvalResult, shortfalls: Sequence[str] | None) -> str:
+    """Per non-empty test set: the champion's headline, the student's, and the difference."""
+    if not result.contenders:
+        return ""
+    champion = result.contenders[0]
+    rows = [
+        [name, fmt(by[champion]), fmt(by[result.student]),
+         f"{by[result.student] - by[champion]:+.3f}"]
+        for name, by in result.headline.items()
+    ]  # fmt: skip
+    if shortfalls is None:
+        verdict = ""
+    elif shortfalls:
+        verdict = "The student does **not** match the champion:\n" + "\n".join(
+            f"- {s}" for s in shortfalls
+        )
+    else:
+        verdict = "The student matches the champion on every non-empty test set."
+    return "\n\n".join(
+        [
+            "## Against the champion",
+            f"`{champion}`, the adapter serving now, on the same test sets. The student is "
+            "published only if its headline is at least the champion's (plus the margin) on "
+            "every one, and its judged pass rates at least the champion's: a tie passes, and "
+            "the live challenge on real traffic decides which is better.",
+            table(["test set", "champion", "student", "student - champion"], rows),
+            verdict,
+        ]
+    ).rstrip()
 
 
 def _metrics_section(result: EvalResult) -> str:

@@ -1,12 +1,13 @@
 """The report's section on what the task's LLM judges said (``trainer.judged``): per test set,
-each criterion's pass rate for the student and for the teacher, the pairwise rate, what could
+each criterion's pass rate for the student, for the champion (when the run has one) and for
+the teacher, the pairwise rate, what could
 not be judged, the criteria their calibration does not vouch for, and the publish rule."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from trainer.judged import STUDENT, TEACHER, Judged, Rate
+from trainer.judged import CHAMPION, STUDENT, TEACHER, Judged, Rate
 from trainer.markdown import NONE, code, table
 
 _STANDING = {
@@ -21,12 +22,14 @@ def judged_section(judged: Judged, shortfalls: Sequence[str] | None = None) -> s
     (None: the task has no such rule)."""
     parts = ["## Judges", _intro(judged)]
     for name, per in judged.rates.items():
+        champion = any(CHAMPION in by for by in per.values())
+        whom = [STUDENT, CHAMPION, TEACHER] if champion else [STUDENT, TEACHER]
         rows = [
             [code(criterion) + (" (flagged)" if criterion in judged.flagged else ""),
-             _rate(by.get(STUDENT)), _rate(by.get(TEACHER)), _unjudged(by.values())]
+             *(_rate(by.get(who)) for who in whom), _unjudged(by.values())]
             for criterion, by in per.items()
         ]  # fmt: skip
-        parts += [f"### {name}", table(["criterion", "student", "teacher", "not judged"], rows)]
+        parts += [f"### {name}", table(["criterion", *whom, "not judged"], rows)]
     parts += [_flags(judged), _rule(shortfalls)]
     return "\n\n".join(p for p in parts if p)
 
