@@ -4,12 +4,15 @@
     GET    /admin/routes/{task}   one task's
     PUT    /admin/routes/{task}   change it: the fields given replace the current ones,
                                   e.g. {"mode": "canary", "percent": 10, "adapter": "tickets/v3"}
+                                  or {"challenger": "tickets/v4"} (``gateway.challenge``)
     DELETE /admin/routes/{task}   back to the config file's rollout
 
 Every call needs ``Authorization: Bearer <rollouts.admin_token>``; without a configured token
 the admin API does not exist (404). A change is validated (the policy, a student to serve it,
-the adapter published in the store), written to the store (so every replica converges on it,
-and it outlives a restart), then applied; errors come back in the OpenAI error shape.
+the adapter and any challenger published in the store), written to the store (so every replica
+converges on it, and it outlives a restart), then applied; errors come back in the OpenAI error
+shape. A task's entry shows ``challenge_started``: when its challenger began (Unix seconds;
+null without one).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from gateway.rollouts import Active, Rollouts
 
 log = structlog.get_logger("gateway")
 
-_TASK: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A task name as the admin APIs accept it in a path.
+TASK_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def entry(task: str, active: Active | None, aliases: list[str]) -> dict[str, Any]:
@@ -49,6 +53,7 @@ def entry(task: str, active: Active | None, aliases: list[str]) -> dict[str, Any
         "source": active.source if active else "default",
         "updated_at": active.updated_at if active else None,
         "reason": active.reason if active else None,
+        "challenge_started": active.challenge_started if active else None,
     }
 
 
@@ -100,7 +105,7 @@ class Admin:
         return self._entry(task)
 
     async def put(self, task: str, body: bytes) -> dict[str, Any]:
-        if not _TASK.match(task):
+        if not TASK_NAME.match(task):
             raise InvalidRequest(f"{task!r} is not a task name", param="task")
         policy = merged(self._rollouts.policy(task), body)
         if policy.mode != "teacher" and not self._student:
@@ -109,7 +114,9 @@ class Admin:
                 param="mode",
             )
         if policy.adapter is not None:
-            await self._published(policy.adapter)
+            await self._published(policy.adapter, "adapter")
+        if policy.challenger is not None:
+            await self._published(policy.challenger, "challenger")
         await self._write(task, policy)
         return self._entry(task)
 
@@ -117,18 +124,19 @@ class Admin:
         await self._write(task, None)
         return self._entry(task)
 
-    async def _published(self, adapter: str) -> None:
+    async def _published(self, adapter: str, key: str) -> None:
+        """``InvalidRequest`` naming ``key`` unless ``adapter`` is published."""
         try:
             await manifest(self._store, adapter)
         except StoreNotFound as exc:
             raise InvalidRequest(
-                f"adapter {adapter!r} is not published in the store", param="adapter"
+                f"{key} {adapter!r} is not published in the store", param=key
             ) from exc
         except StoreError as exc:
             message = f"the store cannot be read: {exc}"
             raise ServiceUnavailable(message, code="store_error") from exc
         except ValueError as exc:
-            raise InvalidRequest(f"adapter {adapter!r}: {exc}", param="adapter") from exc
+            raise InvalidRequest(f"{key} {adapter!r}: {exc}", param=key) from exc
 
     async def _write(self, task: str, policy: RolloutPolicy | None) -> None:
         try:
@@ -140,10 +148,12 @@ class Admin:
             ) from exc
 
 
-def add_admin_routes(app: FastAPI, admin: Admin) -> None:
-    def reply(obj: dict[str, Any]) -> Response:
-        return Response(orjson.dumps(obj), media_type="application/json")
+def reply(obj: dict[str, Any]) -> Response:
+    """An admin API answer."""
+    return Response(orjson.dumps(obj), media_type="application/json")
 
+
+def add_admin_routes(app: FastAPI, admin: Admin) -> None:
     @app.get("/admin/routes")
     async def list_routes(request: Request) -> Response:
         admin.authorize(request)

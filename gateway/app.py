@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from core.redact import Redactor
 from core.store import Store, open_store
 from gateway.adapters import References
 from gateway.admin import Admin, add_admin_routes
+from gateway.admin_autopilot import AutopilotAdmin, add_autopilot_routes
 from gateway.asgi import REQUEST_ID, FastLane, error_response, json_response
 from gateway.auth import KeyCheck
 from gateway.background import Background
@@ -31,6 +33,7 @@ from gateway.errors import ApiError, ServiceUnavailable, UpstreamError, error_bo
 from gateway.feedback import Feedback, FeedbackDesk, FeedbackEncoder
 from gateway.intake import ENDPOINTS, Intake
 from gateway.judged import ShadowJudge
+from gateway.live import LiveReporter
 from gateway.metrics import Metrics, TaskLabels
 from gateway.monitor import Monitor
 from gateway.policy import RolloutPolicy
@@ -65,6 +68,7 @@ class Gateway:
     feedback: FeedbackDesk
     feedback_spool: SpoolWriter[Feedback]
     judging: ShadowJudge
+    live: LiveReporter
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -100,7 +104,7 @@ class Gateway:
         rollouts = Rollouts(settings.rollouts_by_task(), store, metrics, labels)
         drift = DriftMonitor(metrics, r.drift_queue)
         references = References(store, drift, background, labels)
-        monitor = Monitor(rollouts, metrics, background, labels)
+        monitor = Monitor(rollouts, metrics, background, labels, store=store)
         judging = ShadowJudge(
             settings.judge_settings(), r, monitor, metrics, labels, redactor
         )
@@ -113,10 +117,20 @@ class Gateway:
         dispatch = Dispatch(
             proxy, teacher, student, rollouts, monitor, shadow, drift, references, background
         )
+        # What this replica sees of each student (drift, the challenge), for the autopilot.
+        live = LiveReporter(
+            store, rollouts.students, drift.score, monitor.duel,
+            os.environ.get("PROTEGE_POD_NAME") or new_id(), r.sync_interval_s,
+        )  # fmt: skip
         return cls(
             settings, metrics, intake, routes, teacher, student, spool, proxy, store,
-            background, rollouts, drift, dispatch, feedback, fb_spool, judging,
+            background, rollouts, drift, dispatch, feedback, fb_spool, judging, live,
         )  # fmt: skip
+
+    @property
+    def monitor(self) -> Monitor:
+        """The task monitors: checks, guardrails and the challenger's duel."""
+        return self.dispatch.monitor
 
     @property
     def upstreams(self) -> list[Upstream]:
@@ -135,6 +149,9 @@ class Gateway:
         self.rollouts.subscribe(self.dispatch.references.changed)
         interval = self.settings.rollouts.sync_interval_s
         self._loops.append(asyncio.create_task(self.rollouts.sync_forever(interval)))
+        # A challenger past its deadline is retired on this tick, traffic or not.
+        self._loops.append(asyncio.create_task(self.monitor.expire_forever(interval)))
+        self._loops.append(asyncio.create_task(self.live.run_forever()))
         if not self.settings.api_keys:
             log.warning("no gateway API keys configured: any client is accepted")
         log.info(
@@ -147,6 +164,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        await self.live.aclose()  # this replica's views go before it does
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -208,6 +226,7 @@ def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> Fas
             token.get_secret_value(), gw.rollouts, gw.store, gw.student is not None, aliases
         )
         add_admin_routes(app, admin)
+        add_autopilot_routes(app, AutopilotAdmin(admin.authorize, gw.store, gw.background.spawn))
     return FastLane(app, gw.forward, {f"/v1{path}": path for path in ENDPOINTS})
 
 

@@ -217,7 +217,7 @@ class GatewaySettings(Model):
 
 
 # Sections of the shared config file that belong to other services.
-_OTHER_SERVICES = ("sidecar", "trainer")
+_OTHER_SERVICES = ("sidecar", "trainer", "autopilot")
 
 
 def load_settings(

@@ -3,7 +3,10 @@ student, with the fallbacks and the monitoring each mode calls for.
 
 The decision itself is ``gateway.routing.decide`` (pure); this module gathers its facts, acts
 on it, and tells the monitor what the student did. Teacher mode takes the shortest path: no
-facts, no watching, exactly the proxy it was before rollouts existed.
+facts, no watching, exactly the proxy it was before rollouts existed (unless a challenger is
+being proven). While the task has a challenger, a sample of its requests also starts the
+challenge calls (``gateway.shadow``): beside the teacher's answer, or, where the champion
+answers the client, beside a referee's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from core.text import prompt_text
 from gateway.adapters import References
 from gateway.background import Background
 from gateway.capture import Exchange, completion_of
+from gateway.challenge import Role
 from gateway.checks import OutputChecks
 from gateway.decoding import StudentDecoding, apply
 from gateway.disconnect import ClientGone, unless_gone
@@ -35,7 +39,7 @@ from gateway.policy import RolloutPolicy
 from gateway.proxy import Backend, Proxy, TeacherBackend, backend_headers, timing_headers
 from gateway.relay import stream
 from gateway.rollouts import Rollouts
-from gateway.routing import Facts, decide
+from gateway.routing import Decision, Facts, decide, sampled
 from gateway.shadow import INLINE_BYTES, Shadow, hand_over
 from gateway.sse import replay
 from gateway.student import StudentBackend, wants_usage
@@ -81,16 +85,29 @@ class Dispatch:
 
     async def answer(self, inc: Incoming) -> Response:
         policy = self.rollouts.policy(inc.task)
-        if policy is None or policy.mode == "teacher" or policy.adapter is None:
+        if policy is None or policy.adapter is None:
             return await self._answer(inc, self.teacher, "teacher")
-        self.drift.observe(inc.task, inc.fields.get("messages"))
+        if policy.mode == "teacher" and policy.challenger is None:
+            return await self._answer(inc, self.teacher, "teacher")
+        if policy.mode != "teacher":
+            self.drift.observe(inc.task, inc.fields.get("messages"))
         decision = decide(inc.task, policy, self._facts(inc, policy), self.rng)
         inc.why, inc.watch = decision.why, self._watch
+        duel = self._challenged(inc, policy, decision)
         if decision.shadow and self.shadow is not None:
             self._decode(inc, policy.adapter)
-            inc.answered = self.shadow.start(inc, policy.adapter, policy.shadow_max_per_s)
+            role: Role | None = "champion" if duel else None
+            inc.answered = self.shadow.start(inc, policy.adapter, policy.shadow_max_per_s, role)
             if inc.answered is None:
                 inc.why = "shadow_skipped"  # sampled, but over the rate or the concurrency
+        if duel and self.shadow is not None:
+            if inc.decoding is None:
+                self._decode(inc, policy.adapter)  # the champion's decoding, for both
+            if decision.backend == "teacher":
+                shadowed = inc.answered if decision.shadow else None
+                inc.answered = self.shadow.duel(inc, policy, shadowed)
+            else:  # the champion answers the client: the teacher referees
+                inc.answered = self.shadow.referee(inc, policy, self.teacher.upstream)
         if decision.backend == "teacher" or self.student is None:
             if decision.why in _DECLINED:
                 self.metrics.hybrid_declined.labels(inc.metrics_task, decision.why).inc()
@@ -100,6 +117,19 @@ class Dispatch:
         if policy.mode == "hybrid":
             return await self._hybrid(inc, self.student, decision.route)
         return await self._student_first(inc, self.student, decision.route)
+
+    def _challenged(self, inc: Incoming, policy: RolloutPolicy, decision: Decision) -> bool:
+        """Whether ``inc`` is a challenge sample: its task has a challenger, the student serves
+        it, and it is sampled (``challenge.percent``) and taken (``Shadow.challenge``). One the
+        teacher answers (by routing's decision; fallbacks aside) is scored against its answer;
+        one the champion answers, against a referee's (``Shadow.referee``)."""
+        if policy.challenger is None or self.shadow is None:
+            return False
+        if self.student is None or not self.student.serves(inc):
+            return False
+        if not sampled(policy.challenge.percent, self.rng):
+            return False
+        return self.shadow.challenge(inc, policy)
 
     def _facts(self, inc: Incoming, policy: RolloutPolicy) -> Facts:
         served = self.student is not None and self.student.serves(inc)
@@ -151,6 +181,7 @@ class Dispatch:
             completion = await unless_gone(inc, student.complete(inc, student.adapter(inc)))
         except UpstreamError as exc:
             self.monitor.called(inc.task, failed=True)
+            self._umpire(inc, None)
             await self.proxy.fail(inc, ex, student, exc)
             inc.failed_upstream_s += time.perf_counter() - began
             return await self._fall_back(inc, exc.code or "error", "student_failed", exc.message)
@@ -161,6 +192,7 @@ class Dispatch:
         failed = self.monitor.checks(inc.task).run(inc.fields, completion, _learned(inc))
         self.monitor.called(inc.task, failed=False)
         self.monitor.checked(inc.task, failed)
+        self._umpire(inc, completion)
         ex.detail = {**(ex.detail or {}), "why": inc.why, "checks": list(failed)}
         ex.status, ex.complete = 200, True
         if inc.stream:
@@ -193,7 +225,10 @@ class Dispatch:
             return  # judged where it was asked
         cut = ex.status == 200 and not ex.complete and ex.error != "client disconnected"
         self.monitor.called(inc.task, failed=ex.status >= 500 or cut)
-        if not (ex.status == 200 and ex.complete):
+        whole = ex.status == 200 and ex.complete
+        if whole or ex.status >= 500 or cut:
+            self._umpire(inc, ex if whole else None)
+        if not whole:
             return
         # The output checks on an answer already sent: counted, not acted on. A small plain
         # answer is checked here (microseconds); a stream must be assembled first, off the loop.
@@ -203,6 +238,13 @@ class Dispatch:
             self.background.spawn(work, f"checks-{ex.request_id}")
         else:
             self.monitor.checked(inc.task, _run_checks(checks, inc, ex))
+
+    def _umpire(self, inc: Incoming, answer: Exchange | dict[str, Any] | None) -> None:
+        """Score the champion's answer to a refereed challenge sample (None: it failed)."""
+        if inc.answered is None or self.shadow is None or inc.adapter is None:
+            return
+        work = self.shadow.umpire(inc, inc.adapter, answer, inc.answered)
+        self.background.spawn(work, f"umpire-{inc.request_id}")
 
     async def _check_off_loop(self, inc: Incoming, checks: OutputChecks, ex: Exchange) -> None:
         failed = await asyncio.to_thread(_run_checks, checks, inc, ex)

@@ -2,20 +2,20 @@
 
 Each gateway owns a ``Metrics`` with its own registry (tests build as many as they like).
 Labels are bounded sets: the task label admits the configured tasks plus a limited number of
-others seen in traffic, then folds the rest into ``other``.
+others seen in traffic, then folds the rest into ``other`` (``gateway.collectors``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Self
 
-import prometheus_client
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
 
 from core.segment import recovery_counters
+from gateway.collectors import OTHER_TASK, Counter, Gauge, Histogram, TaskLabels
+
+__all__ = ["OTHER_TASK", "Counter", "FeedbackSpoolMetrics", "Gauge", "Histogram", "Metrics",
+           "TaskLabels"]  # fmt: skip
 
 # Latency buckets from 0.5 ms to 2 min: teacher calls span both ends.
 _LATENCY = (
@@ -27,69 +27,6 @@ _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0
 
 # Agreement scores lie in [0, 1]; most mass is expected near 1.
 _AGREEMENT = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
-
-OTHER_TASK = "other"
-
-
-class _CachedLabels(MetricWrapperBase):
-    """``labels(...)`` answered from a dict once the child exists.
-
-    prometheus_client validates the values and takes a lock on every ``labels`` call (~1.5 µs);
-    the gateway makes about ten such calls per shadow call and three per request. Label values
-    are bounded sets here, and so is this cache.
-    """
-
-    _children: dict[tuple[object, ...], Any]
-
-    def labels(self, *labelvalues: object, **labelkwargs: object) -> Self:
-        if labelkwargs:
-            return super().labels(*labelvalues, **labelkwargs)
-        children = self.__dict__.setdefault("_children", {})
-        child: Self | None = children.get(labelvalues)
-        if child is None:
-            child = children[labelvalues] = super().labels(*labelvalues)
-        return child
-
-    def remove(self, *labelvalues: Any) -> None:
-        self.__dict__.get("_children", {}).pop(labelvalues, None)
-        super().remove(*labelvalues)
-
-    def clear(self) -> None:
-        self.__dict__.get("_children", {}).clear()
-        super().clear()
-
-
-class Counter(_CachedLabels, prometheus_client.Counter):
-    pass
-
-
-class Gauge(_CachedLabels, prometheus_client.Gauge):
-    pass
-
-
-class Histogram(_CachedLabels, prometheus_client.Histogram):
-    pass
-
-
-class TaskLabels:
-    """Bounds the cardinality of the ``task`` label.
-
-    Configured tasks always keep their name; up to ``max_dynamic`` further names are admitted
-    as they are first seen, and every name after that is reported as ``other``.
-    """
-
-    def __init__(self, configured: Iterable[str], max_dynamic: int) -> None:
-        self._known = set(configured)
-        self._room = max_dynamic
-
-    def __call__(self, task: str) -> str:
-        if task in self._known:
-            return task
-        if self._room <= 0:
-            return OTHER_TASK
-        self._room -= 1
-        self._known.add(task)
-        return task
 
 
 @dataclass(frozen=True)
@@ -133,6 +70,7 @@ class Metrics:
         self._spool(r)
         self._rollout(r)
         self._shadow(r)
+        self._challenge(r)
         self._monitors(r)
         self._judging(r)
         self._feedback(r)
@@ -260,7 +198,8 @@ class Metrics:
         )
         self.rollout_changes = Counter(
             "protege_rollout_changes",
-            "Rollout changes applied, by source (config, admin, guardrail, promotion, store).",
+            "Rollout changes applied, by source (config, admin, guardrail, promotion, "
+            "challenge, store).",
             ["task", "source"],
             registry=r,
         )
@@ -284,7 +223,7 @@ class Metrics:
             "protege_shadow_requests",
             "Shadow calls to the student, by outcome (scored; unscored: the teacher's answer did "
             "not complete; failed; skipped: too many in flight; limited: over the task's "
-            "shadow_max_per_s).",
+            "shadow_max_per_s or challenge.max_per_s). Challenge calls are counted too.",
             ["task", "outcome"],
             registry=r,
         )
@@ -307,6 +246,28 @@ class Metrics:
             "protege_shadow_fields_agreed",
             "JSON fields on which the student's shadow answer agreed with the teacher's.",
             ["task", "field"],
+            registry=r,
+        )
+
+    def _challenge(self, r: CollectorRegistry) -> None:
+        self.challenge_agreement = Gauge(
+            "protege_challenge_agreement",
+            "Mean agreement with the teacher over the duel window of the task's champion and "
+            "challenger, by role (a failed call scores 0).",
+            ["task", "role"],
+            registry=r,
+        )
+        self.challenge_samples = Gauge(
+            "protege_challenge_samples",
+            "Scored answers in the duel window of the task's champion and challenger, by role.",
+            ["task", "role"],
+            registry=r,
+        )
+        self.challenges = Counter(
+            "protege_challenges",
+            "Challenges, by outcome (started: a rollout change brought a new challenger; "
+            "promoted; retired).",
+            ["task", "outcome"],
             registry=r,
         )
 

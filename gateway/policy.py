@@ -12,6 +12,11 @@ names its key either way. Modes, from least to most student::
     hybrid    the student answers what it should handle (input not drifted, within limits);
               an answer failing the output checks is replaced by the teacher's
     student   the student answers everything; the teacher only when the student fails
+
+A ``challenger`` adapter may be proven beside the ``adapter`` (the champion) whatever the mode:
+both are asked in the background about a sample of the requests the teacher answers, scored
+against the teacher, and the challenger takes the champion's place once it is as good
+(``challenge``; decided in ``gateway.challenge``).
 """
 
 from __future__ import annotations
@@ -96,6 +101,22 @@ class PromotionStep(Model):
     percent: float = Field(default=100.0, ge=0, le=100)
 
 
+class ChallengeConfig(Model):
+    """How a challenger is proven beside the champion on live traffic (``gateway.challenge``)."""
+
+    # The challenger's mean agreement with the teacher must reach the champion's plus this.
+    margin: float = Field(default=0.0, ge=-1, le=1)
+    # Scored answers each side needs in the window before the two are compared.
+    min_samples: int = Field(default=50, ge=1)
+    # Seconds after the challenge began without a win when the challenger is retired.
+    deadline_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
+    # Share of the requests the teacher answers that both students are also asked about.
+    percent: float = Field(default=100.0, ge=0, le=100)
+    # At most this many challenge samples a second, per gateway replica (each costs two
+    # background student calls, or one where the request's shadow call is the champion's).
+    max_per_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+
+
 class RolloutPolicy(Model):
     """How one task's traffic is split between the teacher and its student."""
 
@@ -104,6 +125,10 @@ class RolloutPolicy(Model):
     percent: float = Field(default=0.0, ge=0, le=100)
     # The task's student: a published adapter <task>/<version>, the model LoRAX is asked for.
     adapter: str | None = Field(default=None, pattern=f"^{NAME}/{NAME}$")
+    # A published adapter <task>/<version> proven beside ``adapter`` (see ``challenge``);
+    # None: no challenge. Set by the autopilot; cleared when it is promoted or retired.
+    challenger: str | None = Field(default=None, pattern=f"^{NAME}/{NAME}$")
+    challenge: ChallengeConfig = ChallengeConfig()
     # shadow: share of requests also sent to the student (in shadow mode only).
     shadow_percent: float = Field(default=100.0, ge=0, le=100)
     # shadow: at most this many of the task's shadow calls a second, per gateway replica; None:
@@ -126,6 +151,16 @@ class RolloutPolicy(Model):
     def _student_has_adapter(self) -> RolloutPolicy:
         if self.mode != "teacher" and self.adapter is None:
             raise KeyProblem("adapter", f"is required when mode is {self.mode!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _challenger_has_a_champion(self) -> RolloutPolicy:
+        if self.challenger is None:
+            return self
+        if self.adapter is None:
+            raise KeyProblem("challenger", "needs an adapter (the champion) to be proven beside")
+        if self.challenger == self.adapter:
+            raise KeyProblem("challenger", f"must differ from the adapter, got {self.adapter!r}")
         return self
 
     @property

@@ -5,7 +5,11 @@ itself (guardrail step-back, automatic promotion) changed it; changes are kept i
 document in the store, ``rollouts/routes.json``::
 
     {"version": 1, "revision": 7, "tasks": {"tickets": {"policy": {...}, "source": "admin",
-     "updated_at": 1795798683.0, "reason": "..."}}}
+     "updated_at": 1795798683.0, "reason": "...", "challenge_started": 1795790000.0}}}
+
+``challenge_started`` is when the policy's challenger began its challenge: set by the change
+that brings a different challenger, kept by every later change that keeps it (a step-back
+included), gone with it; null without one (and absent from documents written before).
 
 Every change is read-modify-written with the revision raised by one; every replica reads the
 document every ``sync_interval_s`` and applies a newer revision, so all converge within that
@@ -44,9 +48,11 @@ class Active:
     """A task's rollout in force, and where it came from."""
 
     policy: RolloutPolicy
-    source: str  # config | admin | guardrail | promotion
+    source: str  # config | admin | guardrail | promotion | challenge
     updated_at: float  # Unix seconds
     reason: str | None = None
+    # When the policy's challenger began its challenge (Unix seconds); None without one.
+    challenge_started: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,7 +60,20 @@ class Active:
             "source": self.source,
             "updated_at": self.updated_at,
             "reason": self.reason,
+            "challenge_started": self.challenge_started,
         }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> Active:
+        policy = RolloutPolicy.model_validate(entry["policy"])
+        updated_at = float(entry["updated_at"])
+        started = entry.get("challenge_started")
+        if policy.challenger is None:
+            started = None
+        elif started is None:  # written before challenges were timed: since this change
+            started = updated_at
+        return cls(policy, str(entry["source"]), updated_at, entry.get("reason"),
+                   None if started is None else float(started))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +103,7 @@ class Doc:
         tasks = {}
         for task, entry in entries.items():
             try:
-                tasks[task] = Active(
-                    RolloutPolicy.model_validate(entry["policy"]),
-                    str(entry["source"]),
-                    float(entry["updated_at"]),
-                    entry.get("reason"),
-                )
+                tasks[task] = Active.from_json(entry)
             except (ValidationError, KeyError, TypeError, ValueError) as exc:
                 log.error("rollout entry unusable; task left out", task=task, error=str(exc))
         return cls(revision, tasks)
@@ -109,7 +123,11 @@ class Rollouts:
         labels: Callable[[str], str],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._config = {task: Active(p, "config", 0.0) for task, p in config.items()}
+        # A challenger set in the config file is timed from this replica's start.
+        self._config = {
+            task: Active(p, "config", 0.0, None, None if p.challenger is None else clock())
+            for task, p in config.items()
+        }
         self._store = store
         self._metrics = metrics
         self._labels = labels
@@ -131,9 +149,17 @@ class Rollouts:
     def all(self) -> dict[str, Active]:
         return dict(self._active)
 
+    def students(self) -> dict[str, tuple[str, str | None]]:
+        """Every task's ``(mode, adapter)`` in force (``gateway.live`` reports on them)."""
+        return {task: (a.policy.mode, a.policy.adapter) for task, a in self._active.items()}
+
     @property
     def revision(self) -> int:
         return self._doc.revision
+
+    def now(self) -> float:
+        """The clock changes are stamped with (``updated_at``, ``challenge_started``)."""
+        return self._clock()
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(task, before, after)`` on every change (and once per task now)."""
@@ -175,13 +201,13 @@ class Rollouts:
 
         Raises ``StoreError`` when the store cannot take it; nothing changes then.
         """
-        entry = None if policy is None else Active(policy, source, self._clock(), reason)
+        entry = None if policy is None else self._entry(task, policy, source, reason)
         async with self._lock:
             await self._write({task: entry})
 
     async def force(self, task: str, policy: RolloutPolicy, source: str, reason: str) -> None:
         """Set the task's rollout here at once; write it when the store allows."""
-        entry = Active(policy, source, self._clock(), reason)
+        entry = self._entry(task, policy, source, reason)
         try:
             await asyncio.wait_for(self.change(task, policy, source, reason), timeout=5.0)
         except (StoreError, TimeoutError) as exc:
@@ -189,6 +215,17 @@ class Rollouts:
             self._unsaved[task] = entry
             tasks = {**self._doc.tasks, task: entry}
             self._apply(Doc(self._doc.revision, tasks), source)
+
+    def _entry(self, task: str, policy: RolloutPolicy, source: str, reason: str | None) -> Active:
+        """The task's new rollout, its challenge timed from the change that brought it."""
+        now = self._clock()
+        current = self._active.get(task)
+        started = None
+        if policy.challenger is not None:
+            kept = current is not None and current.policy.challenger == policy.challenger
+            started = current.challenge_started if kept and current else None
+            started = now if started is None else started
+        return Active(policy, source, now, reason, started)
 
     async def _read(self) -> Doc:
         try:
@@ -219,6 +256,10 @@ class Rollouts:
                 continue
             label = self._labels(task)
             self._metrics.rollout_changes.labels(label, source).inc()
+            challenger = new.policy.challenger if new else None
+            fresh = challenger is not None and (old is None or old.policy.challenger != challenger)
+            if fresh and source != "store":  # counted where the change was made
+                self._metrics.challenges.labels(label, "started").inc()
             log.info(
                 "rollout changed",
                 task=task,
@@ -226,6 +267,7 @@ class Rollouts:
                 mode=new.policy.mode if new else "teacher",
                 percent=new.policy.percent if new else 0.0,
                 adapter=new.policy.adapter if new else None,
+                challenger=challenger,
                 reason=new.reason if new else None,
                 revision=doc.revision,
             )

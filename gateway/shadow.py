@@ -10,6 +10,18 @@ agreement and the decoding the student was asked with). For a task judged pairwi
 also goes to the judge (``gateway.judged``) and the record waits, bounded, for its verdict
 (``detail.judged``). Nothing here can delay or fail the client's request: its answer only
 resolves a future this side awaits.
+
+A challenge sample (``gateway.challenge``; taken by ``gateway.dispatch``) is two such calls
+sharing the one future: the champion's (the request's own shadow call where it has one) and the
+challenger's, under the same concurrency bound and timeout, at most ``challenge.max_per_s`` a
+second per task. Their records say ``detail.role`` ("champion" or "challenger"); each answer is
+checked and scored against the teacher's with character agreement (``agreement.score``, judged
+tasks included: the judge's verdicts feed the guardrails only) into the task's duel, a failed
+call as 0. Only the champion's own shadow call counts in the guardrails and shadow metrics.
+A request the student answers has no teacher answer to score against: for a sample of those
+the teacher is asked too, in the background (``referee``: its exchange recorded with
+``route=referee``, ``shadow_of`` = the client's request id), and both the champion's answer
+to the client (``umpire``) and a challenger call are scored against it.
 """
 
 from __future__ import annotations
@@ -25,16 +37,19 @@ import structlog
 from core.ids import new_id
 from gateway.agreement import Agreement, score
 from gateway.background import Background
-from gateway.capture import Exchange
+from gateway.capture import Exchange, completion_of
+from gateway.challenge import Role
 from gateway.checks import OutputChecks
 from gateway.errors import UpstreamError
 from gateway.intake import Incoming
 from gateway.judged import ShadowJudge
 from gateway.metrics import Metrics
 from gateway.monitor import Monitor
+from gateway.policy import RolloutPolicy
 from gateway.proxy import Capture
 from gateway.ratelimit import TokenBucket
 from gateway.student import StudentBackend
+from gateway.upstream import Upstream
 
 log = structlog.get_logger("gateway")
 
@@ -79,14 +94,16 @@ def judge(
 ) -> tuple[tuple[str, ...], Agreement | None]:
     """(failed checks, agreement with the teacher's recorded answer if it completed): pure.
     ``learned``: the adapter's learned schema, where it applies (``OutputChecks.run``)."""
-    failed = checks.run(fields, student, learned)
+    return checks.run(fields, student, learned), scored(student, teacher)
+
+
+def scored(student: dict[str, Any], teacher: bytes | None) -> Agreement | None:
+    """The student's answer scored against the teacher's recorded answer, if it completed."""
     try:
         reference = None if teacher is None else orjson.loads(teacher)
     except orjson.JSONDecodeError:
         reference = None
-    if not isinstance(reference, dict):
-        return failed, None
-    return failed, score(reference, student)
+    return score(reference, student) if isinstance(reference, dict) else None
 
 
 class Shadow:
@@ -114,39 +131,140 @@ class Shadow:
         self._timeout_s = timeout_s
         self._clock = clock
         self._limits: dict[str, TokenBucket] = {}
+        self._duel_limits: dict[str, TokenBucket] = {}
         self.in_flight = 0
 
     def start(
-        self, inc: Incoming, adapter: str, max_per_s: float | None
+        self, inc: Incoming, adapter: str, max_per_s: float | None, role: Role | None = None
     ) -> asyncio.Future[bytes | None] | None:
         """Shadow ``inc`` with ``adapter`` unless its task had ``max_per_s`` calls this second;
         the future takes the client's answer once captured (``hand_over``). None: not shadowed
-        (too many in flight, over the rate, or stopping)."""
+        (too many in flight, over the rate, or stopping). ``role``: the call is also the
+        champion's side of a challenge sample."""
         if self.in_flight >= self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
             return None
-        if max_per_s is not None and not self._limit(inc.task, max_per_s).take(self._clock()):
+        if max_per_s is not None and not _take(self._limits, inc.task, max_per_s, self._clock()):
             self._metrics.shadow_requests.labels(inc.metrics_task, "limited").inc()
             return None
         answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        call = self._run(inc, adapter, answered)
-        if self._background.spawn(call, f"shadow-{inc.request_id}") is None:
-            return None
-        self.in_flight += 1
+        return answered if self._spawn(inc, adapter, answered, role, guarded=True) else None
+
+    def challenge(self, inc: Incoming, policy: RolloutPolicy) -> bool:
+        """Whether ``inc``, sampled for its task's challenge, is taken: under the task's
+        ``challenge.max_per_s`` with room for both calls in flight."""
+        if self.in_flight + 2 > self._concurrency:
+            self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
+            return False
+        rate = policy.challenge.max_per_s
+        if not _take(self._duel_limits, inc.task, rate, self._clock()):
+            self._metrics.shadow_requests.labels(inc.metrics_task, "limited").inc()
+            return False
+        return True
+
+    def duel(
+        self, inc: Incoming, policy: RolloutPolicy, answered: asyncio.Future[bytes | None] | None
+    ) -> asyncio.Future[bytes | None] | None:
+        """The calls of a challenge sample taken (``challenge``): the challenger's, and the
+        champion's unless ``answered`` is the future of its shadow call already started; the
+        future both wait on for the client's answer (None: stopping)."""
+        assert policy.adapter is not None and policy.challenger is not None
+        if answered is None:
+            answered = asyncio.get_running_loop().create_future()
+            if not self._spawn(inc, policy.adapter, answered, "champion", guarded=False):
+                return None
+        self._spawn(inc, policy.challenger, answered, "challenger", guarded=False)
         return answered
 
-    def _limit(self, task: str, rate: float) -> TokenBucket:
-        bucket = self._limits.get(task)
-        if bucket is None or bucket.rate != rate:  # new, or its policy changed
-            bucket = self._limits[task] = TokenBucket(rate, self._clock())
-        return bucket
+    def referee(
+        self, inc: Incoming, policy: RolloutPolicy, teacher: Upstream
+    ) -> asyncio.Future[bytes | None] | None:
+        """The calls of a challenge sample taken (``challenge``) that the student answers:
+        the teacher's (``teacher``) and the challenger's; the future takes the teacher's
+        answer, which the champion's answer to the client is scored against (``umpire``)."""
+        assert policy.challenger is not None
+        answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        call = self._ask_teacher(inc, teacher, answered)
+        if self._background.spawn(call, f"referee-{inc.request_id}") is None:
+            return None
+        self.in_flight += 1
+        self._spawn(inc, policy.challenger, answered, "challenger", guarded=False)
+        return answered
+
+    async def umpire(
+        self,
+        inc: Incoming,
+        adapter: str,
+        answer: Exchange | dict[str, Any] | None,
+        answered: asyncio.Future[bytes | None],
+    ) -> None:
+        """Score the champion's answer to the client (an exchange or its completion; None: the
+        call failed, 0) against the referee's answer."""
+        if answer is None:
+            self._monitor.dueled(inc.task, "champion", adapter, 0.0)
+            return
+        completion = answer if isinstance(answer, dict) else completion_of(answer)
+        teacher = await self._teacher(answered)
+        if completion is None or teacher is None:
+            return
+        if len(teacher) > INLINE_BYTES:
+            agreement = await asyncio.to_thread(scored, completion, teacher)
+        else:
+            agreement = scored(completion, teacher)
+        if agreement is not None:
+            self._monitor.dueled(inc.task, "champion", adapter, agreement.overall)
+
+    async def _ask_teacher(
+        self, inc: Incoming, teacher: Upstream, answered: asyncio.Future[bytes | None]
+    ) -> None:
+        started = time.perf_counter()
+        ex = inc.exchange("teacher", "referee")
+        ex.request_id, ex.shadow_of, ex.stream = new_id(), inc.request_id, False
+        ex.detail = {"why": "referee"}
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await teacher.post(inc.path, _unary(inc.payload, inc.stream))
+            ex.status, ex.response = answer.status, answer.body
+            ex.complete = answer.status == 200
+        except (UpstreamError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            ex.status = 504 if timed_out else getattr(exc, "status", 502)
+            ex.error = "the referee call timed out" if timed_out else str(exc)
+        finally:
+            self.in_flight -= 1
+        if not answered.done():
+            answered.set_result(ex.response if ex.complete else None)
+        self._capture.submit(inc, ex, started)
+
+    def _spawn(
+        self,
+        inc: Incoming,
+        adapter: str,
+        answered: asyncio.Future[bytes | None],
+        role: Role | None,
+        guarded: bool,
+    ) -> bool:
+        call = self._run(inc, adapter, answered, role, guarded)
+        name = f"shadow-{role or 'student'}-{inc.request_id}"
+        if self._background.spawn(call, name) is None:
+            return False
+        self.in_flight += 1
+        return True
 
     async def _run(
-        self, inc: Incoming, adapter: str, answered: asyncio.Future[bytes | None]
+        self,
+        inc: Incoming,
+        adapter: str,
+        answered: asyncio.Future[bytes | None],
+        role: Role | None,
+        guarded: bool,
     ) -> None:
+        """One background call; ``guarded``: the task's shadow call (its guardrails and
+        metrics count it); ``role``: its side of a challenge sample."""
         started = time.perf_counter()
         ex = inc.exchange("student", "shadow", adapter)
         ex.request_id, ex.shadow_of, ex.stream = new_id(), inc.request_id, False
+        tag = {"why": "shadow" if guarded else "challenge"} | ({"role": role} if role else {})
         try:
             async with asyncio.timeout(self._timeout_s):
                 completion = await self._student.complete(inc, adapter)
@@ -154,7 +272,10 @@ class Shadow:
             timed_out = isinstance(exc, TimeoutError)
             ex.status = 504 if timed_out else getattr(exc, "status", 502)
             ex.error = "the shadow call timed out" if timed_out else str(exc)
+            ex.detail = {**(ex.detail or {}), **tag}
             self._metrics.shadow_requests.labels(inc.metrics_task, "failed").inc()
+            if role is not None:
+                self._monitor.dueled(inc.task, role, adapter, 0.0)
             self._capture.submit(inc, ex, started)
             return
         finally:
@@ -170,10 +291,14 @@ class Shadow:
         else:  # tens of microseconds: cheaper here than a thread hop
             failed, agreement = judge(*args)
         judging = self._judging if self._judging and self._judging.judges(inc.task) else None
-        self._monitor.shadowed(inc.task, failed, agreement, judged=judging is not None)
+        judging = judging if guarded else None
+        if guarded:
+            self._monitor.shadowed(inc.task, failed, agreement, judged=judging is not None)
+        if role is not None and agreement is not None:
+            self._monitor.dueled(inc.task, role, adapter, agreement.overall)
         ex.detail = {
             **(ex.detail or {}),  # the decoding the student was asked with
-            "why": "shadow",
+            **tag,
             "checks": list(failed),
             "agreement": None if agreement is None else agreement.to_dict(),
         }
@@ -195,3 +320,20 @@ class Shadow:
                 return await answered
         except TimeoutError:
             return None
+
+
+def _take(buckets: dict[str, TokenBucket], task: str, rate: float, now: float) -> bool:
+    """Whether ``task`` may have one more call at ``now`` under ``rate`` a second."""
+    bucket = buckets.get(task)
+    if bucket is None or bucket.rate != rate:  # new, or its policy changed
+        bucket = buckets[task] = TokenBucket(rate, now)
+    return bucket.take(now)
+
+
+def _unary(payload: bytes, stream: bool) -> bytes:
+    """``payload`` asking for a whole answer (a streamed request's, without its stream)."""
+    if not stream:
+        return payload
+    fields = orjson.loads(payload)
+    fields.pop("stream_options", None)
+    return orjson.dumps({**fields, "stream": False})

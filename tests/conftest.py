@@ -14,6 +14,7 @@ import uvicorn
 from gateway.app import Gateway, create_app
 from gateway.config import GatewaySettings, load_settings
 from gateway.metrics import Metrics
+from tests.fake_lorax import FakeLorax
 from tests.fake_teacher import FakeTeacher, wait_for
 
 
@@ -88,6 +89,13 @@ def make_gateway(tmp_path: Path, teacher: FakeTeacher) -> Iterator[Callable[...,
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture
+def lorax() -> Iterator[FakeLorax]:
+    """A LoRAX stand-in for the student (``tests.fake_lorax``)."""
+    with FakeLorax() as fake:
+        yield fake
 
 
 @pytest.fixture

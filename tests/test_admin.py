@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ ROUTES = [
     {"alias": "tickets-fast", "task": "tickets"},
     {"alias": "drafts", "task": "drafts", "rollout": {"mode": "shadow", "adapter": "drafts/v1"}},
 ]
-
-
-@pytest.fixture
-def lorax() -> Iterator[FakeLorax]:
-    with FakeLorax() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ sees its connection close) and recorded incomplete; the teacher's is still await
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -17,12 +16,6 @@ from tests.spooled import spooled_records
 
 ADAPTER = "tickets/v3"
 HELLO = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def lorax() -> Iterator[FakeLorax]:
-    with FakeLorax() as fake:
-        yield fake
 
 
 def start(make_gateway: Any, lorax: FakeLorax, **rollout: Any) -> RunningGateway:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,12 +21,6 @@ from tests.spooled import spooled_records
 ADAPTER = "tickets/v3"
 ROUTE = {"alias": "tickets", "task": "tickets", "rollout": {"adapter": ADAPTER, "mode": "student"}}
 HELLO = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def lorax() -> Iterator[FakeLorax]:
-    with FakeLorax() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ fake LoRAX on loopback; the records say which backend answered and why."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,6 @@ def ask(text: str = "hello there") -> list[dict[str, str]]:
 def echo(req: dict[str, Any]) -> str:
     """The fake teacher's answer to a plain request: a student that agrees with it."""
     return "echo: " + req["messages"][-1]["content"]
-
-
-@pytest.fixture
-def lorax() -> Iterator[FakeLorax]:
-    with FakeLorax() as fake:
-        yield fake
 
 
 def publish(store: Path, adapter: str = ADAPTER, prompts: list[str] | None = None) -> None:

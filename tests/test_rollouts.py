@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -10,39 +9,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from core.errors import StoreError
-from core.store import FileStore, StoredObject
+from core.store import FileStore
 from gateway.metrics import Metrics
 from gateway.policy import RolloutPolicy
 from gateway.rollouts import KEY, Active, Doc, Rollouts
+from tests.stored import FlakyStore
 
 CANARY = RolloutPolicy(mode="canary", percent=10, adapter="tickets/v3")
 SHADOW = RolloutPolicy(mode="shadow", adapter="tickets/v3")
 
 
-class FlakyStore(FileStore):
-    """A file store that fails every call while ``down``."""
-
-    down = False
-
-    def _check(self) -> None:
-        if self.down:
-            raise StoreError("store down")
-
-    async def get(self, key: str) -> bytes:
-        self._check()
-        return await super().get(key)
-
-    async def put(self, key: str, data: bytes) -> None:
-        self._check()
-        await super().put(key, data)
-
-    async def list_objects(self, prefix: str) -> list[StoredObject]:
-        self._check()
-        return await super().list_objects(prefix)
-
-    async def delete(self, keys: Sequence[str]) -> None:
-        self._check()
-        await super().delete(keys)
 
 
 def replica(store: FileStore, config: dict[str, RolloutPolicy] | None = None) -> Rollouts:
