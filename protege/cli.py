@@ -55,7 +55,7 @@ def _run_sidecar(args: argparse.Namespace) -> int:
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    from protege.up import supervise
+    from protege.up import admin_token, supervise
 
     common = ["--config", args.config] if args.config else []
     gateway = [*common]
@@ -63,7 +63,12 @@ def _run_up(args: argparse.Namespace) -> int:
         gateway += ["--host", args.host]
     if args.port:
         gateway += ["--port", str(args.port)]
-    return supervise({"gateway": ["gateway", *gateway], "sidecar": ["sidecar", *common]})
+    commands = {"gateway": ["gateway", *gateway], "sidecar": ["sidecar", *common]}
+    if args.autopilot:
+        url = f"http://127.0.0.1:{args.port or 8080}"
+        commands["autopilot"] = ["autopilot", *common, "--gateway-url", url]
+        admin_token()  # the autopilot speaks to the gateway's admin API
+    return supervise(commands)
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
@@ -95,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="address the gateway listens on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port the gateway listens on (default 8080)")
         p.set_defaults(run=run)
+    sub.choices["up"].add_argument(
+        "--autopilot", action="store_true",
+        help="also run the autopilot (autopilot.tasks of the config), training on this machine",
+    )  # fmt: skip
     side = sub.add_parser("sidecar", help="ship sealed spool segments to the store as Parquet")
     side.add_argument("--config", help="YAML settings file (environment overrides it)")
     side.add_argument("--once", action="store_true", help="ship what is sealed, then exit")
@@ -110,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(run=_run_reconcile)
     from protege.demo_cli import register as register_demo
     from protege.judge_cli import register as register_judge
+    from trainer.autopilot.cli import register as register_autopilot
     from trainer.cli import register
     from trainer.serve.cli import register as register_student
 
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_student(sub)
     register_demo(sub)
     register_judge(sub)
+    register_autopilot(sub)
     return parser
 
 

@@ -7,6 +7,8 @@ last segment and ships it). If either exits on its own, the other is stopped too
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,6 +17,15 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 _STOP_WAIT_S = 60.0
+
+
+def admin_token() -> str:
+    """The admin token the gateway and the autopilot share: the configured one, else one made
+    for this run (in the environment every child inherits)."""
+    token = os.environ.get("PROTEGE_ADMIN_TOKEN")
+    if not token:
+        token = os.environ["PROTEGE_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+    return token
 
 
 def supervise(commands: Mapping[str, Sequence[str]]) -> int:
