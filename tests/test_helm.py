@@ -21,6 +21,7 @@ import yaml
 from gateway.config import load_settings
 from sidecar.config import load_sidecar_settings
 from tests.conftest import RunningGateway
+from trainer.autopilot.config import load_autopilot_settings
 from trainer.settings import load_trainer_settings
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "protege"
@@ -110,7 +111,7 @@ def test_every_feature_has_a_ci_values_file() -> None:
     """The ci/ folder covers each optional feature of the chart."""
     names = {p.name.removesuffix("-values.yaml") for p in CI_VALUES}
     assert {"default", "secrets", "lorax", "trainer", "autoscaling", "spool-pvc"} <= names
-    assert {"monitoring", "routes", "student", "full", "trainer-gpus"} <= names
+    assert {"monitoring", "routes", "student", "full", "trainer-gpus", "autopilot"} <= names
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
@@ -135,12 +136,14 @@ def test_ci_values_render_valid_kubernetes_objects(
 def test_rendered_config_loads_in_every_service(
     chart: helm_python.Chart, values_file: Path, tmp_path: Path
 ) -> None:
-    """The protege.yaml the chart renders is accepted by the gateway, sidecar and trainer."""
+    """The protege.yaml the chart renders is accepted by the gateway, sidecar, trainer and
+    autopilot."""
     path = tmp_path / "protege.yaml"
     path.write_text(yaml.safe_dump(config_file(render(chart, ci_values(values_file.name)))))
     gateway = load_settings(path, env={})
     sidecar = load_sidecar_settings(path, env={})
     load_trainer_settings(path, env={})
+    load_autopilot_settings(path, env={})
     assert gateway.server.host == "0.0.0.0" and sidecar.sidecar.metrics_host == "0.0.0.0"
     assert gateway.spool.dir == sidecar.spool.dir
 
@@ -417,7 +420,7 @@ def test_service_monitors_scrape_named_service_ports(chart: helm_python.Chart) -
     """Each ServiceMonitor selects a Service of the release and scrapes ports it names."""
     objects = render(chart, ci_values("full-values.yaml"))
     monitors = of_kind(objects, "ServiceMonitor")
-    assert len(monitors) == 2
+    assert len(monitors) == 3
     for monitor in monitors:
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = [
@@ -472,6 +475,20 @@ REJECTED = {
     "negative-gpus": ({"trainer": {"gpus": -1}}, "/trainer/gpus"),
     "gpus-not-an-integer": ({"trainer": {"gpus": "2"}}, "/trainer/gpus"),
     "no-processes": ({"trainer": {"nproc": 0}}, "/trainer/nproc"),
+    "autopilot-section-in-config": ({"config": {"autopilot": {}}}, "/config/autopilot"),
+    "autopilot-runner-set-by-hand": (
+        {"autopilot": {"settings": {"runner": "local"}}},
+        "/autopilot/settings/runner",
+    ),
+    "autopilot-bad-task-name": (
+        {"autopilot": {"settings": {"tasks": {"-x": {}}}}},
+        "invalid propertyName '-x'",
+    ),
+    "autopilot-negative-interval": (
+        {"autopilot": {"settings": {"interval_s": 0}}},
+        "/autopilot/settings/interval_s",
+    ),
+    "autopilot-port-zero": ({"autopilot": {"metricsPort": 0}}, "/autopilot/metricsPort"),
 }
 
 
@@ -497,6 +514,18 @@ REFUSED = {
     "nproc-with-gpus": (
         {"trainer": {"gpus": 2, "nproc": 4}},
         "trainer.nproc (4) and trainer.gpus (2) are exclusive",
+    ),
+    "autopilot-without-admin-token": (
+        {"autopilot": {"enabled": True}},
+        "autopilot.enabled needs gateway.adminToken.secretName",
+    ),
+    "task-on-a-schedule-and-on-autopilot": (
+        {
+            "gateway": {"adminToken": {"secretName": "protege-admin", "secretKey": "token"}},
+            "trainer": {"enabled": True, "tasks": [{"name": "summarize"}]},
+            "autopilot": {"enabled": True, "settings": {"tasks": {"summarize": {}}}},
+        },
+        'task "summarize" is trained both by a trainer CronJob',
     ),
 }
 

@@ -148,6 +148,7 @@ ROWS = [
     "Fallbacks and output checks",
     "Input drift per feature",
     "Log pipeline",
+    "Autopilot",
 ]
 
 
@@ -232,6 +233,9 @@ FALLBACK = requests("teacher", "fallback", "200")
 TEACHER_OK = requests("teacher", "teacher", "200")
 TEACHER_5XX = requests("teacher", "teacher", "502")
 FALLBACKS = f'protege_fallbacks_total{{{GW}, task="t", reason="timeout"}}'
+AP = 'job="autopilot", instance="ap-0", task="t"'
+RUNS_FAILED = f'protege_autopilot_runs_total{{{AP}, outcome="failed"}}'
+RUNS_PUBLISHED = f'protege_autopilot_runs_total{{{AP}, outcome="published"}}'
 GW_LABELS = {"job": "gateway", "instance": "gw-0"}
 SC_LABELS = {"job": "sidecar", "instance": "gw-0"}
 
@@ -328,6 +332,21 @@ ALERT_CASES = {
         "ProtegeGateway5xxRate",
         {TEACHER_OK: "0+90x30", TEACHER_5XX: "0+10x30"},
         {20: [{}]},
+    ),
+    "retrains-failing-fires-after-3-failures-in-a-day": AlertCase(
+        "ProtegeRetrainsFailing",
+        {RUNS_FAILED: "0 0 1 1 2 2 3 3x30", RUNS_PUBLISHED: "0x40"},
+        {10: [], 17: [{"task": "t"}]},
+    ),
+    "retrains-failing-quiet-at-2-failures": AlertCase(
+        "ProtegeRetrainsFailing",
+        {RUNS_FAILED: "0 0 1 1 2 2x30", RUNS_PUBLISHED: "0x40"},
+        {20: []},
+    ),
+    "retrains-failing-quiet-once-a-run-is-published": AlertCase(
+        "ProtegeRetrainsFailing",
+        {RUNS_FAILED: "0 0 1 1 2 2 3 3x30", RUNS_PUBLISHED: "0 0 0 0 0 0 0 0 1x30"},
+        {20: []},
     ),
     "gateway-5xx-quiet-at-1-percent": AlertCase(
         "ProtegeGateway5xxRate",

@@ -37,6 +37,14 @@ for DNS. */}}
 {{- include "protege.componentName" (dict "ctx" . "component" "dashboards") -}}
 {{- end -}}
 
+{{/* The autopilot's own ServiceAccount: the only one allowed to manage training Jobs. */}}
+{{- define "protege.autopilotName" -}}
+{{- include "protege.componentName" (dict "ctx" . "component" "autopilot") -}}
+{{- end -}}
+
+{{/* Where the autopilot finds the Job it launches for each run. */}}
+{{- define "protege.autopilotJobPath" -}}/etc/protege/autopilot/job.yaml{{- end -}}
+
 {{- define "protege.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "protege.fullname" .) .Values.serviceAccount.name -}}
@@ -61,10 +69,13 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: protege
 {{- end -}}
 
-{{/* Labels of a task's training objects: (dict "ctx" $ "task" "tickets"). */}}
+{{/* Labels of a task's training objects: (dict "ctx" $ "task" "tickets"); an empty task (the
+autopilot's Job template) leaves protege/task to whoever launches the run. */}}
 {{- define "protege.trainerLabels" -}}
 {{ include "protege.labels" (dict "ctx" .ctx "component" "trainer") }}
-protege/task: {{ .task | quote }}
+{{- with .task }}
+protege/task: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* Labels of the dashboards ConfigMap: the chart's, and the one Grafana's sidecar watches. */}}
@@ -134,7 +145,33 @@ in it; they reach the containers as environment variables.
 {{- $_ = set $c "spool" (mergeOverwrite (get $c "spool" | default dict) (dict "dir" .Values.gateway.spool.mountPath)) -}}
 {{- $sidecar := dict "metrics_host" "0.0.0.0" "metrics_port" (int .Values.sidecar.metricsPort) "shutdown_wait_s" (int .Values.sidecar.shutdownWaitSeconds) -}}
 {{- $_ = set $c "sidecar" (mergeOverwrite (get $c "sidecar" | default dict) $sidecar) -}}
+{{- if .Values.autopilot.enabled -}}
+{{- $_ = set $c "autopilot" (include "protege.autopilotSettings" . | fromYaml) -}}
+{{- end -}}
 {{- toYaml $c -}}
+{{- end -}}
+
+{{/*
+protege.yaml's autopilot section: autopilot.settings, plus how it launches runs (a Job from the
+template the chart renders, in the namespace of PROTEGE_NAMESPACE), where it serves its metrics
+and the gateway whose admin API it calls. A task's base_model defaults to trainer.baseModel: the
+autopilot passes it to every run, after the Job template's own --base-model.
+*/}}
+{{- define "protege.autopilotSettings" -}}
+{{- $a := deepCopy (default dict .Values.autopilot.settings) -}}
+{{- $tasks := dict -}}
+{{- range $task, $rules := (default dict $a.tasks) -}}
+{{- $_ := set $tasks $task (merge (default dict $rules) (dict "base_model" $.Values.trainer.baseModel)) -}}
+{{- end -}}
+{{- $_ := set $a "tasks" $tasks -}}
+{{- $gateway := include "protege.componentName" (dict "ctx" . "component" "gateway") -}}
+{{- $_ = set $a "runner" "kubernetes" -}}
+{{- $kube := mergeOverwrite (default dict (get $a "kubernetes")) (dict "job_template" (include "protege.autopilotJobPath" .)) -}}
+{{- $_ = set $a "kubernetes" $kube -}}
+{{- $_ = set $a "metrics_host" "0.0.0.0" -}}
+{{- $_ = set $a "metrics_port" (int .Values.autopilot.metricsPort) -}}
+{{- $_ = set $a "gateway_url" (printf "http://%s:%d" $gateway (int .Values.gateway.service.port)) -}}
+{{- toYaml $a -}}
 {{- end -}}
 
 {{/*
@@ -183,6 +220,46 @@ the store's AWS settings when asked, then the extra ones:
 {{- if and (ge (int $tr.gpus) 1) (gt (int $tr.nproc) 1) -}}
 {{- fail (printf "trainer.nproc (%d) and trainer.gpus (%d) are exclusive: with GPUs the trainer runs one process per GPU, so leave trainer.nproc at 1 (it is for CPU runs)" (int $tr.nproc) (int $tr.gpus)) -}}
 {{- end -}}
+{{- $ap := .Values.autopilot -}}
+{{- if $ap.enabled -}}
+{{- if not $g.adminToken.secretName -}}
+{{- fail "autopilot.enabled needs gateway.adminToken.secretName: the autopilot starts and ends challenges through the gateway's admin API, with the gateway's token (PROTEGE_ADMIN_TOKEN)" -}}
+{{- end -}}
+{{- if $tr.enabled -}}
+{{- range $tr.tasks -}}
+{{- if hasKey (default dict $ap.settings.tasks) .name -}}
+{{- fail (printf "task %q is trained both by a trainer CronJob (trainer.tasks) and by the autopilot (autopilot.settings.tasks): leave it to one of them" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Job the autopilot launches for one run: the trainer's pod as the CronJobs run it, with no
+task. Per run the autopilot sets metadata.name, adds the protege/task and protege/run labels and
+appends `--task <task> --run-id <run> [--champion <version>]` to the container's args.
+*/}}
+{{- define "protege.autopilotJob" -}}
+{{- $t := .Values.trainer -}}
+{{- $labels := include "protege.trainerLabels" (dict "ctx" . "task" "") -}}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ include "protege.componentName" (dict "ctx" . "component" "autopilot-run") }}
+  labels:
+    {{- $labels | nindent 4 }}
+spec:
+  # One attempt per run: a failed run is the autopilot's to retry, on its own schedule.
+  backoffLimit: 0
+  activeDeadlineSeconds: {{ $t.activeDeadlineSeconds }}
+  ttlSecondsAfterFinished: {{ $t.ttlSecondsAfterFinished }}
+  template:
+    metadata:
+      labels:
+        {{- $labels | nindent 8 }}
+    spec:
+      {{- include "protege.trainerPodSpec" (dict "ctx" . "task" "" "args" list) | nindent 6 }}
 {{- end -}}
 
 {{/*
@@ -241,8 +318,11 @@ containers:
     command: [protege]
     args:
       - train
+      {{- /* No task: the autopilot's Job template, to which the autopilot appends --task. */}}
+      {{- with .task }}
       - --task
-      - {{ .task | quote }}
+      - {{ . | quote }}
+      {{- end }}
       - --config
       - {{ include "protege.configPath" .ctx }}
       - --base-model
