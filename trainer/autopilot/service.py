@@ -30,7 +30,7 @@ from core.control import read_holds
 from core.errors import StoreError
 from core.events import Event, record_soon
 from core.ids import new_id
-from core.keys import adapters_prefix, lease_key
+from core.keys import MANIFEST, adapters_prefix, lease_key
 from core.lease import Lease
 from core.runs import OUTCOMES, RunRecord, read_run
 from core.store import Store
@@ -41,7 +41,7 @@ from trainer.autopilot.gateway import GatewayAdmin, GatewayUnavailable
 from trainer.autopilot.metrics import AutopilotMetrics
 from trainer.autopilot.runners import GONE, Runner, RunnerError
 from trainer.autopilot.status import Run, Status, read_status, write_status
-from trainer.autopilot.timeline import outcome_events
+from trainer.autopilot.timeline import outcome_events, published_by
 
 log = structlog.get_logger("autopilot")
 
@@ -213,8 +213,6 @@ class Autopilot:
 
     async def _adopt(self, task: str, run: Run) -> RunRecord | None:
         """The outcome of a run that published before it could write its record."""
-        from trainer.autopilot.timeline import published_by
-
         adapter = await self._retry(lambda: published_by(self.store, task, run.run_id))
         if adapter is None:
             return None
@@ -325,8 +323,6 @@ def _failed(task: str, run: Run, reason: str) -> RunRecord:
 async def _remove_unfinished(store: Store, task: str) -> int:
     """Delete the task's adapter folders without a manifest (a publication cut short); how
     many objects went. Safe under the task's lease: no other run of it is publishing."""
-    from core.keys import MANIFEST
-
     objects = await store.list_objects(adapters_prefix(task))
     folders: dict[str, list[str]] = {}
     for obj in objects:
