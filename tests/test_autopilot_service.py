@@ -373,3 +373,46 @@ async def test_autopilot_store_down_during_a_run_loses_nothing(
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def test_autopilot_service_serves_metrics_and_stops_on_sigterm(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
+    """``protege autopilot`` as a service: it decides on every interval, serves its metrics and
+    health, and exits cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.s3_server import free_port
+
+    port = free_port()
+    config = tmp_path / "protege.yaml"
+    config.write_text(yaml.safe_dump({"autopilot": {
+        "interval_s": 0.2, "metrics_host": "127.0.0.1", "metrics_port": port,
+        "gateway_url": gateway.url, "tasks": {"t": {"min_new_exchanges": 5}},
+    }}))  # fmt: skip
+    env = {**os.environ, "PROTEGE_ADMIN_TOKEN": TOKEN}
+    argv = [sys.executable, "-m", "protege.cli", "autopilot", "--config", str(config),
+            "--store", f"file://{tmp_path / 'store'}"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        page, decided = "", 'protege_autopilot_decisions_total{decision="wait",task="t"}'
+        while time.monotonic() < deadline and decided not in page:
+            with contextlib.suppress(httpx.HTTPError):
+                page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            time.sleep(0.2)
+        assert decided in page
+        assert 'protege_autopilot_runs_total{outcome="failed",task="t"} 0.0' in page
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0, out.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
