@@ -41,6 +41,7 @@ KINDS: Final = (
     "run_failed",  # the run ended in an error
     "run_abandoned",  # its autopilot died; the run was given up and will be started over
     "first_rollout",  # the task's first adapter starts in shadow
+    "climbed",  # the student moved one auto_promote step up (shadow -> canary, ...)
     "challenger_started",  # a published adapter is proven beside the champion on live traffic
     "promoted",  # the challenger took the champion's place
     "retired",  # the challenger did not prove itself in time

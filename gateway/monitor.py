@@ -183,7 +183,8 @@ class Monitor:
         promoted = promotion(active.policy, stats, now - self._since.get(task, now))
         if promoted is not None:
             log.info("guardrails held for a window: promoting", task=task, mode=promoted.mode)
-            self._set(task, promoted, "promotion", f"held for {active.policy.window_s:g}s")
+            self._set(task, promoted, "promotion", f"held for {active.policy.window_s:g}s",
+                      _climbed(task, active.policy, promoted, stats))  # fmt: skip
             return
         self._referee(task, active)
 
@@ -317,3 +318,23 @@ class Monitor:
 
         if self._background.spawn(change(), f"rollout-{source}-{task}") is None:
             self._changing.discard(task)
+
+
+def _climbed(task: str, before: RolloutPolicy, after: RolloutPolicy, stats: Stats) -> Event:
+    """The timeline's note of an ``auto_promote`` step, with the window that earned it."""
+    def where(p: RolloutPolicy) -> str:
+        return f"canary {p.percent:g} %" if p.mode == "canary" else p.mode
+
+    mean = stats.mean_agreement
+    held = (
+        f"agreement {'n/a' if mean is None else f'{mean:.3f}'} over {stats.scored}, "
+        f"errors {stats.error_rate:.3f} over {stats.calls}, check failures "
+        f"{stats.check_failure_rate:.3f} over {stats.checked}"
+    )
+    return Event(
+        task, "climbed", f"{where(before)} -> {where(after)}: guardrails held for "
+        f"{before.window_s:g}s ({held})", "gateway",
+        figures={**asdict(stats), "from": before.mode, "to": after.mode,
+                 "percent": after.percent, "mean_agreement": mean},
+        adapter=after.adapter,
+    )  # fmt: skip

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.errors import ConfigError
 
@@ -23,7 +24,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
-    settings = load_settings(args.config, **({"server": server} if server else {}))
+    overrides: dict[str, Any] = {"server": server} if server else {}
+    settings = load_settings(args.config, None, **overrides)
     configure(settings.logging.level)
     app = create_app(settings)
     settle()
@@ -65,10 +67,20 @@ def _run_up(args: argparse.Namespace) -> int:
         gateway += ["--port", str(args.port)]
     commands = {"gateway": ["gateway", *gateway], "sidecar": ["sidecar", *common]}
     if args.autopilot:
-        url = f"http://127.0.0.1:{args.port or 8080}"
-        commands["autopilot"] = ["autopilot", *common, "--gateway-url", url]
+        commands["autopilot"] = ["autopilot", *common, *_local_gateway(args)]
         admin_token()  # the autopilot speaks to the gateway's admin API
     return supervise(commands)
+
+
+def _local_gateway(args: argparse.Namespace) -> list[str]:
+    """``--gateway-url`` of the gateway ``protege up`` starts, unless the config names one."""
+    from core.settings import gather
+
+    data = gather(args.config, None, {})
+    if (data.get("autopilot") or {}).get("gateway_url"):
+        return []
+    port = args.port or (data.get("server") or {}).get("port") or 8080
+    return ["--gateway-url", f"http://127.0.0.1:{port}"]
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ Every stage can be skipped (``--skip``) or pointed at a real component (``--teac
 steps the rollout back, the demo says so and fails. Every child process is stopped at the end,
 however the demo ends. Exit codes: 0 done, 1 a stage failed, 3 the student did not beat the
 baseline (not published), 130 interrupted.
+
+``--autopilot`` runs the closed loop instead, nobody at the keyboard: the autopilot trains and
+hands over every student, the gateway promotes them (``protege.demo_autopilot``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -37,6 +38,8 @@ import yaml
 from core.keys import ADAPTERS
 from protege import demo_summary as summarize
 from protege.demo_cli import STAGES
+from protege.demo_options import TRAIN_SETTINGS as TRAIN_SETTINGS  # the loadtests' too
+from protege.demo_options import DemoOptions, plan, train_settings
 from protege.demo_procs import Children, DemoError, NotPublished, child_env, free_port
 from protege.demo_progress import Progress, trainer_line
 from protege.demo_rollout import Rollout
@@ -44,69 +47,20 @@ from protege.demo_teacher import JUDGE_MODEL
 from protege.demo_traffic import App, Batch, Operator
 from trainer import synthetic
 
-ROLLOUT: Final = ("shadow", "canary", "full")
 TASK: Final = "demo-tickets"
 ALIAS: Final = "tickets"
-# Training settings that teach SmolLM2-135M the task in a few minutes on two CPU cores.
-TRAIN_SETTINGS: Final = (
-    "epochs=3", "learning_rate=1e-3", "seq_len=256", "max_tokens_per_batch=1024",
-    "eval_batch_size=32",
-)  # fmt: skip
 READY_S: Final = 300.0  # a child's start-up, a base model's load included
 SHIPPED_S: Final = 120.0  # the sidecar shipping the traffic's records
-
-
-@dataclass
-class DemoOptions:
-    workdir: Path = Path(".protege/demo")
-    requests: int = 200  # teacher-mode requests: the training data
-    rollout_requests: int = 30  # requests in each of shadow, canary and full
-    canary_percent: float = 50.0
-    base_model: str = "smollm2"
-    device: str | None = None  # None: cuda if present, else cpu
-    teacher_url: str | None = None  # a real teacher instead of the demo teacher
-    teacher_model: str | None = None  # the model asked of that teacher
-    teacher_delay_ms: float = 0.0  # the demo teacher holds every answer back this long
-    store: str | None = None  # default: file://<workdir>/store
-    student_url: str | None = None  # a running LoRAX (or protege student) instead of starting one
-    skip: frozenset[str] = frozenset()
-    train_config: Path | None = None
-    train_set: list[str] = field(default_factory=list)  # KEY=VALUE TrainConfig overrides
-    allow_below_baseline: bool = False  # publish a student that lost to the baseline (smoke tests)
-    judge: bool = False  # LLM judges on: the demo teacher also judges (pairwise), end to end
-    seed: int = 0
-    say: Callable[[str], None] = print
-
-
-def plan(opts: DemoOptions) -> dict[str, str]:
-    """Each stage's fate: ``run``, ``skipped`` or ``external``; a ``DemoError`` for a plan that
-    cannot work (a stage needing one that will not be there)."""
-    fate = {name: "skipped" if name in opts.skip else "run" for name in STAGES}
-    if opts.teacher_url:
-        fate["teacher"] = "external"
-    if opts.student_url:
-        fate["student"] = "external"
-    if fate["train"] == "skipped":
-        fate["publish"] = "skipped"
-    needs_gateway = [s for s in ("traffic", *ROLLOUT) if fate[s] == "run"]
-    if needs_gateway and fate["gateway"] == "skipped":
-        raise DemoError(f"--skip gateway leaves nothing to serve {', '.join(needs_gateway)}")
-    if fate["gateway"] == "run" and fate["teacher"] == "skipped":
-        raise DemoError("--skip teacher needs --teacher-url: the gateway needs a teacher")
-    rollout = [s for s in ROLLOUT if fate[s] == "run"]
-    if not rollout and fate["student"] == "run":
-        fate["student"] = "skipped"  # nothing would ask it
-    if rollout and fate["student"] == "skipped":
-        raise DemoError(f"--skip student needs --student-url for {', '.join(rollout)}")
-    return fate
 
 
 class Demo:
     """The demo's state from stage to stage."""
 
+    stages: tuple[str, ...] = STAGES
+
     def __init__(self, opts: DemoOptions) -> None:
         self.opts = opts
-        self.fate = plan(opts)
+        self.fate = self._plan()
         self.workdir = opts.workdir.resolve()
         self.store = opts.store or f"file://{self.workdir / 'store'}"
         self.token = secrets.token_urlsafe(24)
@@ -114,7 +68,7 @@ class Demo:
         self.children = Children(
             self.workdir / "logs", child_env({"PROTEGE_ADMIN_TOKEN": self.token})
         )
-        self.progress = Progress(self.fate, opts.say)
+        self.progress = Progress(self.fate, opts.say, self.stages)
         self.since = datetime.now(UTC)
         self.windows: dict[str, tuple[datetime, datetime]] = {}
         self.run_dir = self.workdir / "runs" / self.since.strftime("%Y%m%dT%H%M%SZ")
@@ -123,6 +77,9 @@ class Demo:
         self.app: App | None = None
         self.operator: Operator | None = None
         self.rollout: Rollout | None = None
+
+    def _plan(self) -> dict[str, str]:
+        return plan(self.opts)
 
     # --- where things are ---
 
@@ -151,7 +108,7 @@ class Demo:
         self.config_file.write_text(yaml.safe_dump(self._config(), sort_keys=False))
         self.opts.say(f"protege demo: work directory {self.workdir}, store {self.store}")
         try:
-            for name in STAGES:
+            for name in self.stages:
                 if self.fate[name] == "run":
                     getattr(self, f"_{name}")()
                 else:
@@ -180,9 +137,15 @@ class Demo:
             self.children.wait_ready("teacher", f"{self.teacher_url}/models", READY_S)
             self.progress.detail(f"{self.teacher_url}: answers ticket routing from known rules")
 
+    def _up(self) -> tuple[str, list[str]]:
+        """What the gateway stage starts, in words and as ``protege up``'s arguments."""
+        args = ["protege.cli", "up", "--config", str(self.config_file)]
+        return "starting the gateway and the sidecar (protege up)", args
+
     def _gateway(self) -> None:
-        with self.progress.stage("gateway", "starting the gateway and the sidecar (protege up)"):
-            self.children.start("gateway", ["protege.cli", "up", "--config", str(self.config_file)])
+        what, args = self._up()
+        with self.progress.stage("gateway", what):
+            self.children.start("gateway", args)
             self.children.wait_ready("gateway", f"{self.gateway_url}/readyz", READY_S)
             self.operator = Operator(self.gateway_url, self.token, TASK)
             self.operator.reset()  # a work directory reused: back to teacher mode
@@ -240,11 +203,12 @@ class Demo:
             self.progress.detail(f"waiting for the sidecar to ship {n} records to {self.store}")
             self._wait_shipped(n - len(batch.errors))
 
-    def _send(self, stage: str, n: int) -> Batch:
+    def _send(self, stage: str, n: int, email_share: float = 0.0) -> Batch:
+        """Send ``n`` requests as ``stage`` (its window spans every batch sent as it)."""
         assert self.app is not None
         start = datetime.now(UTC)
-        batch = self.app.send(n)
-        self.windows[stage] = (start, datetime.now(UTC))
+        batch = self.app.send(n, email_share)
+        self.windows[stage] = (self.windows.get(stage, (start,))[0], datetime.now(UTC))
         self.progress.detail(batch.line())
         self.children.check("gateway")
         if len(batch.errors) == n:
@@ -280,13 +244,7 @@ class Demo:
         args = ["protege.cli", "train", "--task", TASK, "--config", str(self.config_file),
                 "--store", self.store, "--base-model", self.opts.base_model,
                 "--out", str(self.run_dir), "--no-publish"]  # fmt: skip
-        if self.opts.device:
-            args += ["--device", self.opts.device]
-        if self.opts.train_config:
-            args += ["--train-config", str(self.opts.train_config)]
-        for item in (*TRAIN_SETTINGS, *self.opts.train_set):
-            args += ["--set", item]
-        return args
+        return args + train_settings(self.opts)
 
     def _show_trainer(self, line: str) -> None:
         shown = trainer_line(line)
@@ -370,33 +328,48 @@ class Demo:
             self.opts.say(f"protege demo: the gateway and sidecar exited with {code}")
 
     def _summary(self) -> dict[str, Any]:
-        from core.read import read_exchanges
-
-        columns = ["request_id", "ts", "backend", "route", "shadow_of", "status", "latency_ms",
-                   "request", "response", "detail"]  # fmt: skip
-        records = read_exchanges(
-            self.store, task=TASK, since=self.since, columns=columns
-        ).to_pylist()
+        records = self._records()
         report = self.run_dir / "report.md"
         out: dict[str, Any] = {
             "task": TASK,
             "total_s": round(self.progress.elapsed, 1),
             "stages": self.progress.records,
             "evaluation": summarize.evaluation(self.manifest),
-            "shadow": summarize.shadow_agreement(records),
             "judged": summarize.judged(records, self.manifest),
-            "live": summarize.live_agreement(records),
-            "traffic": summarize.traffic_by_stage(records, self.windows),
-            "latency": summarize.latency(records),
+            **self._traffic_summary(records),
             "stepbacks": self.rollout.stepbacks if self.rollout else [],
-            "notes": self._notes(),
             "adapter": self.adapter,
             "report": str(report) if report.exists() else None,
             "plots": sorted(str(p) for p in self.run_dir.glob("*.png")),
+        }
+        return self._written(out)
+
+    def _records(self) -> list[dict[str, Any]]:
+        """This run's exchanges in the store (the columns the summary reads)."""
+        from core.read import read_exchanges
+
+        columns = ["request_id", "ts", "backend", "route", "shadow_of", "status", "latency_ms",
+                   "request", "response", "detail"]  # fmt: skip
+        rows: list[dict[str, Any]] = read_exchanges(
+            self.store, task=TASK, since=self.since, columns=columns
+        ).to_pylist()
+        return rows
+
+    def _traffic_summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the records say: agreement, traffic per stage, latency."""
+        return {
+            "shadow": summarize.shadow_agreement(records),
+            "live": summarize.live_agreement(records),
+            "traffic": summarize.traffic_by_stage(records, self.windows),
+            "latency": summarize.latency(records),
+            "notes": self._notes(),
             "records": len(records),
             "store": self.store,
-            "summary_file": str(self.workdir / "summary.json"),
         }
+
+    def _written(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``summary`` with its file's path, written to ``<workdir>/summary.json``."""
+        out = {**summary, "summary_file": str(self.workdir / "summary.json")}
         Path(out["summary_file"]).write_text(json.dumps(out, indent=2) + "\n")
         return out
 
@@ -409,6 +382,10 @@ class Demo:
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run the demo; its summary (also in ``<workdir>/summary.json``). Raises ``DemoError``."""
+    if opts.autopilot:
+        from protege.demo_autopilot import run_autopilot_demo
+
+        return run_autopilot_demo(opts)
     summary = Demo(opts).run()
     opts.say("")
     opts.say(summarize.render(summary))

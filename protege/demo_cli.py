@@ -55,6 +55,7 @@ def register(sub: Any) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if present, else cpu)")
     _components(p)
     _training(p)
+    _closed_loop(p)
     p.add_argument("--seed", type=int, default=0, help="seeds the simulated traffic")
     p.set_defaults(run=_run)
 
@@ -116,6 +117,79 @@ def _training(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _closed_loop(p: argparse.ArgumentParser) -> None:
+    """``--autopilot`` and the thresholds a tiny model needs to flow through every step."""
+    p.add_argument(
+        "--autopilot",
+        action="store_true",
+        help="the closed loop, nobody at the keyboard: protege up --autopilot trains v1 after "
+        "--requests new exchanges, the gateway promotes it shadow -> canary, the traffic then "
+        "shifts to long e-mail threads and the autopilot retrains for the drift; v2 is "
+        "proven against v1 on live traffic and takes over (stages teacher, student, gateway, "
+        "learn, shift; --rollout-requests is the size of each batch of traffic)",
+    )
+    p.add_argument(
+        "--window-s",
+        type=_window,
+        default=60.0,
+        help="--autopilot: the rollout's window (guardrails, auto-promotion, challenge, live "
+        "drift; the drift needs 200 prompts in it), at least 10 (default 60)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=_share,
+        default=0.8,
+        help="--autopilot: the guardrails' minimum mean shadow agreement (default 0.8; 0 "
+        "for smoke tests with a tiny model)",
+    )
+    p.add_argument(
+        "--max-check-failure-rate",
+        type=_share,
+        default=0.1,
+        help="--autopilot: the guardrails' maximum share of student answers failing the "
+        "output checks (default 0.1; 1 for smoke tests with a tiny model)",
+    )
+    p.add_argument(
+        "--champion-margin",
+        type=_margin,
+        default=0.0,
+        help="--autopilot: the lead over the champion a retrained student needs offline to be "
+        "published (default 0: a tie passes; -1 for smoke tests)",
+    )
+    p.add_argument(
+        "--challenge-margin",
+        type=_margin,
+        default=0.0,
+        help="--autopilot: the lead over the champion the challenger needs on live traffic "
+        "(default 0; -1 for smoke tests)",
+    )
+    p.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=0.2,
+        help="--autopilot: the live input drift that retrains at once (default 0.2)",
+    )
+    p.add_argument(
+        "--phase-timeout-s",
+        type=float,
+        default=3600.0,
+        help="--autopilot: a phase (learn, shift) not done by then fails the demo (default 3600)",
+    )
+
+
+def _bounded(low: float, high: float) -> Any:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low:g}..{high:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+_share, _margin, _window = _bounded(0, 1), _bounded(-1, 1), _bounded(10, 86400)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -133,7 +207,8 @@ def _stages(text: str) -> frozenset[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from protege.demo import DemoOptions, run_demo
+    from protege.demo import run_demo
+    from protege.demo_options import DemoOptions
     from protege.demo_procs import DemoError
 
     fields = {k: v for k, v in vars(args).items() if k in DemoOptions.__dataclass_fields__}

@@ -7,7 +7,10 @@ reverse order (SIGTERM, then SIGKILL after a grace period) whatever stage it was
 Errors (what ``protege demo`` exits with)::
 
     DemoError                 exit 1: a stage failed; the message says which and why
-    └── NotPublished          exit 3: the student does not beat the naive baseline
+    ├── NotPublished          exit 3: the student does not beat the naive baseline (or, with
+    │                         --autopilot, the champion)
+    └── NotPromoted           exit 4: --autopilot: the retrained student was retired, not
+                              promoted, on live traffic
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ class NotPublished(DemoError):
     exit_code = 3
 
 
+class NotPromoted(DemoError):
+    """The challenger did not prove itself on live traffic: the gateway retired it."""
+
+    exit_code = 4
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface right now."""
     with socket.socket() as sock:
@@ -57,6 +66,17 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def tail_of(path: Path) -> str:
+    """The last lines of the log at ``path``, indented, for an error message; empty if none."""
+    try:
+        with path.open(errors="replace") as f:
+            lines = deque(f, maxlen=_TAIL_LINES)
+    except OSError:
+        return ""
+    body = "".join(f"    {line}" for line in lines).rstrip()
+    return f"\n  last lines of {path}:\n{body}" if body else ""
 
 
 class Children:
@@ -123,13 +143,7 @@ class Children:
 
     def tail(self, name: str) -> str:
         """The last lines of ``name``'s log, indented, for an error message."""
-        try:
-            with self.log(name).open(errors="replace") as f:
-                lines = deque(f, maxlen=_TAIL_LINES)
-        except OSError:
-            return ""
-        body = "".join(f"    {line}" for line in lines).rstrip()
-        return f"\n  last lines of {self.log(name)}:\n{body}" if body else ""
+        return tail_of(self.log(name))
 
     def stop(self, name: str) -> int | None:
         """SIGTERM ``name`` and wait for it (SIGKILL after a grace period); its exit code."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,8 +31,11 @@ def trainer_line(line: str) -> str | None:
 class Progress:
     """One line per stage start and end, and indented details, with the elapsed time."""
 
-    def __init__(self, fate: dict[str, str], say: Callable[[str], None]) -> None:
+    def __init__(
+        self, fate: dict[str, str], say: Callable[[str], None], stages: Sequence[str] = STAGES
+    ) -> None:
         self._fate, self._say, self._t0 = fate, say, time.monotonic()
+        self._stages = tuple(stages)
         self.records: list[dict[str, Any]] = []
 
     @property
@@ -44,8 +47,8 @@ class Progress:
             self._say(f"      {line}")
 
     def _head(self, name: str) -> str:
-        index = STAGES.index(name) + 1
-        return f"[{index}/{len(STAGES)} {name:<7} {duration(self.elapsed):>5}]"
+        index = self._stages.index(name) + 1
+        return f"[{index}/{len(self._stages)} {name:<7} {duration(self.elapsed):>5}]"
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:

@@ -157,8 +157,9 @@ def span(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else duration(seconds)
 
 
-# The rollout mode each traffic stage ran under.
-MODES = {"traffic": "teacher", "shadow": "shadow", "canary": "canary", "full": "student"}
+# The rollout mode each traffic stage ran under (--autopilot's phases included).
+MODES = {"traffic": "teacher", "shadow": "shadow", "canary": "canary", "full": "student",
+         "learn": "teacher", "shift": "canary", "challenge": "canary"}  # fmt: skip
 
 
 def render(summary: Mapping[str, Any]) -> str:
@@ -173,6 +174,7 @@ def render(summary: Mapping[str, Any]) -> str:
     lines += textwrap.wrap(" · ".join(stages), 96, initial_indent="  stages     ",
                            subsequent_indent=" " * 13)  # fmt: skip
     lines += _agreement_lines(summary)
+    lines += _loop_lines(summary)
     lines.append("  traffic    stage (mode)         requests  by student  share")
     for stage, t in summary["traffic"].items():
         label, share = f"{stage} ({MODES.get(stage, '?')})", _pct(t["student_share"])
@@ -192,6 +194,24 @@ def render(summary: Mapping[str, Any]) -> str:
         lines.append(f"  adapter    {summary['adapter']}")
     lines.append(f"  summary    {summary['summary_file']}")
     return "\n".join(lines)
+
+
+def _loop_lines(summary: Mapping[str, Any]) -> list[str]:
+    """``--autopilot``: how the loop ended, and its timeline."""
+    if "timeline" not in summary:
+        return []
+    from core.events import Event, render
+
+    lines = [f"  loop       {summary['outcome_text']}"]
+    canary = summary.get("canary") or {}
+    if canary.get("source"):
+        v1 = (summary.get("adapters") or {}).get("v1")
+        lines.append(f"{'':13}{v1} reached canary {canary['percent']:g} % by {canary['source']}"
+                     f" ({canary.get('reason') or 'no reason given'})")  # fmt: skip
+    lines.append("  timeline")
+    events = [Event(**e) for e in summary["timeline"]]
+    lines += [f"{'':13}{line}" for line in render(events)]
+    return lines
 
 
 def _agreement_lines(summary: Mapping[str, Any]) -> list[str]:

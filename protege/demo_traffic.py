@@ -68,12 +68,16 @@ class App:
         self._rng = random.Random(seed)
         self._concurrency = concurrency
 
-    def send(self, n: int) -> Batch:
-        """``n`` tickets from random users, ``concurrency`` at a time; never raises for a
-        failed request (it is counted)."""
+    def send(self, n: int, email_share: float = 0.0) -> Batch:
+        """``n`` tickets from random users, ``concurrency`` at a time, a share ``email_share``
+        of them long forwarded e-mail threads; never raises for a failed request (it is
+        counted)."""
         jobs = []
         for i in range(n):
-            text, _ = synthetic.ticket(self._rng)
+            if email_share:
+                text, _ = synthetic.mixed(self._rng, email_share)
+            else:
+                text, _ = synthetic.ticket(self._rng)
             jobs.append((text, f"user{self._rng.randrange(USERS)}", i % STREAM_EVERY == 1))
         started = time.monotonic()
         with ThreadPoolExecutor(self._concurrency) as pool:

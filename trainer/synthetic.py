@@ -50,3 +50,52 @@ def teacher_answer(ticket_text: str) -> str:
         if any(cue in ticket_text for cue in cues):
             return answer(category)
     return answer("bug")
+
+
+# A second kind of ticket for the same task: a long forwarded e-mail thread. The same telltale
+# words carry the answer (the teacher routes it alike), but its length and words are another
+# shape entirely: traffic that shifts to it is input drift a student trained on short tickets
+# has not seen (``protege demo --autopilot``).
+_NAMES: Final = ("Dana Reyes", "Sam Okafor", "Lee Novak", "Ana Costa", "Kim Laine", "Raj Patel")
+_SUBJECTS: Final = ("Re: our account", "Re: question from our office", "Re: follow-up",
+                    "Re: still waiting", "Re: case update", "Re: monthly review")  # fmt: skip
+_FORWARD: Final = (
+    "Forwarding this thread from our finance colleague, see the history below.",
+    "Passing this along from my manager; the whole history is quoted underneath.",
+    "Sending you the conversation we had internally, the details are further down.",
+)  # fmt: skip
+_HISTORY: Final = (
+    "We discussed this in the weekly meeting and agreed to write to you about it.",
+    "Our office has around forty people and most of them rely on this every day.",
+    "I looked through the help centre articles first but did not find an answer.",
+    "The same thing was reported by two other teams in the building last week.",
+    "Could you let us know the next steps and how long it usually takes?",
+    "We would appreciate a reply before the end of the week if at all possible.",
+)  # fmt: skip
+
+
+def email_thread(rng: random.Random) -> tuple[str, str]:
+    """A long forwarded e-mail thread (about 600 characters) and its category: the cue is
+    in the quoted earlier message, among quoted history no cue word is in."""
+    category = rng.choice(sorted(CATEGORIES))
+    cue = rng.choice(CATEGORIES[category])
+    sender, colleague = rng.sample(_NAMES, 2)
+    history = rng.sample(_HISTORY, 4)
+    quoted = [f"> {line}" for line in (
+        f"Hi {colleague.split()[0]},", history[0], f"Something is wrong with the {cue} again.",
+        history[1], history[2], f"Best, {sender.split()[0]}",
+    )]  # fmt: skip
+    lines = [
+        f"From: {sender} <{sender.split()[0].lower()}@example.com>",
+        f"Subject: Fwd: {rng.choice(_SUBJECTS)}", "", rng.choice(_FORWARD), history[3], "",
+        "---------- Forwarded message ----------",
+        f"From: {colleague} <{colleague.split()[0].lower()}@example.com>",
+        f"Date: {rng.choice(('Mon', 'Tue', 'Wed', 'Thu', 'Fri'))}, {rng.randrange(1, 29)} May "
+        f"at {rng.randrange(8, 18)}:{rng.randrange(60):02}", "", *quoted,
+    ]  # fmt: skip
+    return "\n".join(lines), category
+
+
+def mixed(rng: random.Random, email_share: float) -> tuple[str, str]:
+    """A ticket of either kind: a forwarded e-mail thread with probability ``email_share``."""
+    return email_thread(rng) if rng.random() < email_share else ticket(rng)

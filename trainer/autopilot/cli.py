@@ -43,7 +43,7 @@ def _autopilot(args: argparse.Namespace) -> int:
 
     from core.logs import configure
 
-    configure("INFO")
+    configure("info")
     settings = _settings(args)
     return uvloop.run(serve(settings, args.config, once=args.once))
 
