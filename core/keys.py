@@ -17,6 +17,7 @@
     autopilot/<task>/status.json                                          its latest decision
     autopilot/<task>/runs/<run-id>.json                                   a run's outcome
     monitors/<task>/<replica>.json                                        a gateway's live view
+    reports/<task>/<run>/report.md, *.png, mistakes.json                  a training run's report
 
 A part's key derives from the spool segment it came from, so shipping the same segment twice
 (after a crash between upload and delete) overwrites instead of duplicating. Files written last
@@ -238,3 +239,18 @@ def monitors_prefix(task: str) -> str:
 def monitor_key(task: str, replica: str) -> str:
     """One gateway replica's live view of ``task`` (drift, challenge scores), rewritten often."""
     return f"{monitors_prefix(task)}{replica}.json"
+
+
+# --- training runs' reports, for people (the console) ---
+
+REPORTS: Final = "reports"
+
+
+def reports_prefix(task: str) -> str:
+    return f"{REPORTS}/{task}/"
+
+
+def report_prefix(task: str, run: str) -> str:
+    """The folder of one training run's report (``run``: its run id, else its directory's
+    name); ``report.md`` is written last."""
+    return f"{reports_prefix(task)}{run}/"

@@ -2,10 +2,10 @@
 ``trainer.champion``) → publication.
 
 Reads top to bottom: data, model and baseline, training and evaluation (one run, or one per
-value of a swept setting, ``trainer.sweep``), report, publication. Everything a run produced
-lands in its run directory (adapter, report, plots, ``run.json``; for a sweep also
-``sweep.json`` and every run's adapter under ``sweep/``), so ``protege publish --run DIR`` can
-publish it later exactly as it was judged.
+value of a swept setting, ``trainer.sweep``), report, publication, the report to the store
+(``trainer.report_store``). Everything a run produced lands in its run directory (adapter,
+report, plots, ``run.json``; for a sweep also ``sweep.json`` and every run's adapter under
+``sweep/``), so ``protege publish --run DIR`` can publish it later exactly as it was judged.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from trainer.predictors import (
 )
 from trainer.publish import Published, publish, reference_profile
 from trainer.report import mark_published, write_report
+from trainer.report_store import report_location, store_report
 from trainer.run_record import RunFacts
 from trainer.settings import CurationConfig
 from trainer.sharding import full_lora_state
@@ -151,20 +152,22 @@ def run(opts: RunOptions) -> RunResult | None:
         serving=serving, judged=judged, shortfalls=shortfalls,
         champion_shortfalls=against["champion_shortfalls"],
     )  # fmt: skip
-    manifest = _manifest(ref.model_id, snapshot, kept, sweep) | against | {"run_id": opts.run_id}
-    manifest["prompt_template"] = tokenizer.chat_template
-    manifest["input_profile"] = reference_profile(train_set)
-    manifest.update(serving)
-    manifest["judged"] = None if judged is None else judged.to_dict()
-    manifest["judged_shortfalls"] = shortfalls
+    manifest = _manifest(ref.model_id, snapshot, kept, sweep) | against | {
+        "run_id": opts.run_id, "prompt_template": tokenizer.chat_template,
+        "input_profile": reference_profile(train_set), **serving,
+        "judged": None if judged is None else judged.to_dict(), "judged_shortfalls": shortfalls,
+    }  # fmt: skip
     (opts.out_dir / RUN_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     opts.say(f"[report] {report}")
 
-    # Publication: only an adapter that beats the naive baseline.
-    published = publish_run(opts.out_dir, opts.store, opts.task) if opts.publish else None
-    if published is not None:
-        opts.facts.published = published.adapter_id
-        opts.say(f"[publish] {published.uri}")
+    # Publication (only of a student beating the naive baseline), then, either way, the report.
+    try:
+        published = publish_run(opts.out_dir, opts.store, opts.task) if opts.publish else None
+        if published is not None:
+            opts.facts.published = published.adapter_id
+            opts.say(f"[publish] {published.uri}")
+    finally:
+        store_report(opts, kept.evaluation)
     return RunResult(
         snapshot, kept.adapter, report, kept.evaluation, kept.training, sweep, published
     )
@@ -292,14 +295,10 @@ def _sweep_record(opts: RunOptions, trials: list[_Trial]) -> dict[str, Any] | No
         return None
     rows = [
         sweep_row(value, t.training, t.evaluation.greedy_headline,
-                  _relative(t.adapter, opts.out_dir))
+                  t.adapter.relative_to(opts.out_dir).as_posix())
         for value, t in zip(opts.sweep.values, trials, strict=True)
     ]
     return {"key": opts.sweep.key, "kept": kept_run(rows), "rows": rows}
-
-
-def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
 
 
 def _replace_dir(source: Path, target: Path) -> None:
@@ -345,6 +344,7 @@ def publish_run(run_dir: Path, store: str, task: str) -> Published:
             f"the student of {run_dir} does not match the champion {manifest['champion']}: "
             + "; ".join(manifest["champion_shortfalls"]) + " (see its report.md)"
         )
+    manifest["report"] = report_location(task, run_dir, manifest.get("run_id"))
     published = asyncio.run(publish(store, task, run_dir / "adapter", manifest))
     mark_published(run_dir / "report.md", published.version)
     return published

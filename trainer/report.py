@@ -89,13 +89,11 @@ def _summary(
     verdict = "yes" if result.student_beats_baseline else "**no**"
     header = ["test set", "n", *result.models, "student - best baseline"]
     rows = []
-    for name, by in result.scores.items():
-        values = result.headline.get(name, {})
-        best = max((values[b] for b in result.baselines if b in values), default=None)
-        delta = NONE if best is None else f"{values[result.student] - best:+.3f}"
-        cells = [fmt(values.get(m)) if values else EMPTY for m in result.models]
-        delta = delta if values else EMPTY
-        rows.append([name, str(_n(by)), *cells, delta])
+    for name, row in headline_table(result)["sets"].items():
+        scores, lead = row["scores"], row["student_minus_best_baseline"]
+        cells = [fmt(scores.get(m)) if scores else EMPTY for m in result.models]
+        delta = EMPTY if scores is None else NONE if lead is None else f"{lead:+.3f}"
+        rows.append([name, str(row["n"]), *cells, delta])
     return "\n\n".join(
         [
             f"# Evaluation: {task}",
@@ -109,6 +107,27 @@ def _summary(
             "![headline per test set](scores.png)",
         ]
     )
+
+
+def headline_table(result: EvalResult) -> dict[str, Any]:
+    """The report's headline table as data (``evaluation.json``): each model's column with its
+    role, and per test set its size, each model's headline (None: the set is empty) and the
+    student's lead over the best baseline (None: empty, or no baseline scored)."""
+    roles = {result.student: "student"} | dict.fromkeys(result.contenders, "champion")
+    sets: dict[str, Any] = {}
+    for name, by in result.scores.items():
+        scores, lead = result.headline.get(name), None
+        if scores:
+            best = max((scores[b] for b in result.baselines if b in scores), default=None)
+            lead = None if best is None else scores[result.student] - best
+        sets[name] = {"n": _n(by), "scores": scores, "student_minus_best_baseline": lead}
+    return {
+        "kind": result.kind,
+        "headline_metric": result.headline_metric,
+        "models": [{"name": m, "role": roles.get(m, "base")} for m in result.models],
+        "student_beats_baseline": result.student_beats_baseline,
+        "sets": sets,
+    }
 
 
 def _champion_section(result: EvalResult, shortfalls: Sequence[str] | None) -> str:

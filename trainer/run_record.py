@@ -46,6 +46,7 @@ class RunFacts:
     judged: dict[str, Any] | None = None
     rejected: str | None = None  # why the student was refused publication
     published: str | None = None  # the adapter <task>/<version> it became
+    report: str | None = None  # the store folder of its report, once uploaded (report_store)
 
     def note_data(
         self, snapshot: str, splits: Mapping[str, Sequence[Any]], records_in: int | None
@@ -68,8 +69,10 @@ class RunFacts:
         self.judged = None if judged is None else judged.to_dict()
 
     def figures(self) -> dict[str, Any]:
-        return {"data": self.data, "training": self.training, "evaluation": self.evaluation,
-                "judged": self.judged}  # fmt: skip
+        """The record's figures; ``report`` (the console's link) only once it is uploaded."""
+        figures = {"data": self.data, "training": self.training, "evaluation": self.evaluation,
+                   "judged": self.judged}  # fmt: skip
+        return figures | ({"report": self.report} if self.report else {})
 
 
 def evaluation_figures(evaluation: EvalResult) -> dict[str, Any]:
