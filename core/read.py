@@ -39,8 +39,8 @@ PARTITIONING: Final = pa.schema(
 _DATASET_SCHEMA: Final = pa.schema(
     [*SCHEMA, pa.field("date", pa.string()), pa.field("hour", pa.string())]
 )
-_FEEDBACK_PARTITIONING: Final = pa.schema([("task", pa.string()), ("date", pa.string())])
-_FEEDBACK_DATASET_SCHEMA: Final = pa.schema([*FEEDBACK_SCHEMA, pa.field("date", pa.string())])
+FEEDBACK_PARTITIONING: Final = pa.schema([("task", pa.string()), ("date", pa.string())])
+FEEDBACK_DATASET_SCHEMA: Final = pa.schema([*FEEDBACK_SCHEMA, pa.field("date", pa.string())])
 _TS: Final = pa.timestamp("us", tz="UTC")
 _RESTARTS: Final = 3  # scans restarted after a part vanished under the reader
 
@@ -94,7 +94,7 @@ def _scan(
     seen: set[str] = set()
     for attempt in range(_RESTARTS + 1):
         try:
-            dataset = _open_dataset(fs, f"{root}/{EXCHANGES}", store_uri)
+            dataset = open_dataset(fs, f"{root}/{EXCHANGES}", store_uri)
             if dataset is None:
                 return
             batches = dataset.to_batches(columns=read, filter=row_filter, batch_size=batch_rows)
@@ -104,7 +104,7 @@ def _scan(
                     yield fresh.select(wanted)
             return
         except (OSError, pa.ArrowInvalid) as exc:  # unreachable, vanished, or not Parquet
-            if isinstance(exc, OSError) and _vanished(exc) and attempt < _RESTARTS:
+            if isinstance(exc, OSError) and vanished(exc) and attempt < _RESTARTS:
                 continue
             raise StoreError(f"{store_uri}: cannot read exchanges: {exc}") from exc
 
@@ -177,16 +177,16 @@ def read_feedback(
     empty = FEEDBACK_SCHEMA.empty_table()
     for attempt in range(_RESTARTS + 1):
         try:
-            dataset = _open_dataset(
-                fs, f"{root}/{FEEDBACK}", store_uri, _FEEDBACK_DATASET_SCHEMA,
-                _FEEDBACK_PARTITIONING,
+            dataset = open_dataset(
+                fs, f"{root}/{FEEDBACK}", store_uri, FEEDBACK_DATASET_SCHEMA,
+                FEEDBACK_PARTITIONING,
             )  # fmt: skip
             if dataset is None:
                 return empty
             table = dataset.to_table(columns=list(FEEDBACK_SCHEMA.names), filter=row_filter)
             return dedupe(table.cast(FEEDBACK_SCHEMA))
         except (OSError, pa.ArrowInvalid) as exc:
-            if isinstance(exc, OSError) and _vanished(exc) and attempt < _RESTARTS:
+            if isinstance(exc, OSError) and vanished(exc) and attempt < _RESTARTS:
                 continue
             raise StoreError(f"{store_uri}: cannot read feedback: {exc}") from exc
     return empty  # unreachable: the last attempt returns or raises
@@ -203,7 +203,7 @@ def _check_columns(columns: Sequence[str] | None) -> list[str]:
     return list(columns)
 
 
-def _open_dataset(
+def open_dataset(
     fs: pafs.FileSystem,
     path: str,
     store_uri: str,
@@ -226,7 +226,7 @@ def _open_dataset(
     )
 
 
-def _vanished(exc: OSError) -> bool:
+def vanished(exc: OSError) -> bool:
     """Whether ``exc`` says a listed file is gone; pyarrow's S3 reports it only in the text."""
     text = str(exc)
     return isinstance(exc, FileNotFoundError) or "NO_SUCH_KEY" in text or "NOT_FOUND" in text

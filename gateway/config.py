@@ -217,7 +217,7 @@ class GatewaySettings(Model):
 
 
 # Sections of the shared config file that belong to other services.
-_OTHER_SERVICES = ("sidecar", "trainer", "autopilot")
+_OTHER_SERVICES = ("sidecar", "trainer", "autopilot", "console")
 
 
 def load_settings(

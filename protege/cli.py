@@ -67,20 +67,24 @@ def _run_up(args: argparse.Namespace) -> int:
         gateway += ["--port", str(args.port)]
     commands = {"gateway": ["gateway", *gateway], "sidecar": ["sidecar", *common]}
     if args.autopilot:
-        commands["autopilot"] = ["autopilot", *common, *_local_gateway(args)]
+        local = _local_gateway(args, "autopilot", "--gateway-url")
+        commands["autopilot"] = ["autopilot", *common, *local]
         admin_token()  # the autopilot speaks to the gateway's admin API
-    return supervise(commands)
+    if not args.no_console:
+        commands["console"] = ["console", *common, *_local_gateway(args, "console", "--gateway")]
+    return supervise(commands, optional={"console"})
 
 
-def _local_gateway(args: argparse.Namespace) -> list[str]:
-    """``--gateway-url`` of the gateway ``protege up`` starts, unless the config names one."""
+def _local_gateway(args: argparse.Namespace, section: str, flag: str) -> list[str]:
+    """``flag`` with the URL of the gateway ``protege up`` starts, unless the config's
+    ``section`` names a ``gateway_url``."""
     from core.settings import gather
 
     data = gather(args.config, None, {})
-    if (data.get("autopilot") or {}).get("gateway_url"):
+    if (data.get(section) or {}).get("gateway_url"):
         return []
     port = args.port or (data.get("server") or {}).get("port") or 8080
-    return ["--gateway-url", f"http://127.0.0.1:{port}"]
+    return [flag, f"http://127.0.0.1:{port}"]
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--autopilot", action="store_true",
         help="also run the autopilot (autopilot.tasks of the config), training on this machine",
     )  # fmt: skip
+    sub.choices["up"].add_argument(
+        "--no-console", action="store_true",
+        help="leave out the web console (otherwise on console.host:port, 127.0.0.1:8090)",
+    )  # fmt: skip
     side = sub.add_parser("sidecar", help="ship sealed spool segments to the store as Parquet")
     side.add_argument("--config", help="YAML settings file (environment overrides it)")
     side.add_argument("--once", action="store_true", help="ship what is sealed, then exit")
@@ -129,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--task", help="only this task")
     rec.add_argument("--config", help="YAML settings file")
     rec.set_defaults(run=_run_reconcile)
+    from protege.console.cli import register as register_console
     from protege.demo_cli import register as register_demo
     from protege.judge_cli import register as register_judge
     from trainer.autopilot.cli import register as register_autopilot
@@ -140,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_demo(sub)
     register_judge(sub)
     register_autopilot(sub)
+    register_console(sub)
     return parser
 
 

@@ -1,8 +1,10 @@
-"""``protege up``: the gateway and the sidecar as two supervised child processes.
+"""``protege up``: the gateway and the sidecar as two supervised child processes (and the
+console, and the autopilot when asked).
 
 Two processes, as in a pod: the sidecar's Parquet work never competes with the gateway's event
 loop. SIGINT/SIGTERM are passed to both (the sidecar then waits for the gateway to seal its
-last segment and ships it). If either exits on its own, the other is stopped too.
+last segment and ships it). If either exits on its own, the other is stopped too; the console
+is optional: if it cannot start (its port taken, say), the rest run on without it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import FrameType
 
 _STOP_WAIT_S = 60.0
@@ -28,13 +30,15 @@ def admin_token() -> str:
     return token
 
 
-def supervise(commands: Mapping[str, Sequence[str]]) -> int:
-    """Run ``protege <args>`` for each entry until one exits or a signal arrives."""
+def supervise(commands: Mapping[str, Sequence[str]], optional: Collection[str] = ()) -> int:
+    """Run ``protege <args>`` for each entry until one exits or a signal arrives. An
+    ``optional`` child (the console) that exits is reported and the others keep running."""
     children = {
         name: subprocess.Popen([sys.executable, "-m", "protege.cli", *args])
         for name, args in commands.items()
     }
     stopping = False
+    gone: set[str] = set()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -45,18 +49,35 @@ def supervise(commands: Mapping[str, Sequence[str]]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stopping and all(c.poll() is None for c in children.values()):
+        while not stopping and _running(children, optional, gone):
             time.sleep(0.2)
         if not stopping:
             forward(signal.SIGTERM, None)
-        return _collect(children)
+        return _collect(children, optional)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def _collect(children: Mapping[str, subprocess.Popen[bytes]]) -> int:
-    """Wait for every child (killing stragglers); the first non-zero exit code, else 0."""
+def _running(
+    children: Mapping[str, subprocess.Popen[bytes]], optional: Collection[str], gone: set[str]
+) -> bool:
+    """Whether every required child still runs (an optional one that ended is said once)."""
+    for name, child in children.items():
+        rc = child.poll()
+        if rc is None:
+            continue
+        if name not in optional:
+            return False
+        if name not in gone:
+            gone.add(name)
+            print(f"protege: {name} exited with {rc}; the others keep running", file=sys.stderr)
+    return True
+
+
+def _collect(children: Mapping[str, subprocess.Popen[bytes]], optional: Collection[str]) -> int:
+    """Wait for every child (killing stragglers); the first non-zero exit code of a required
+    one, else 0."""
     deadline = time.monotonic() + _STOP_WAIT_S
     code = 0
     for name, child in children.items():
@@ -66,7 +87,7 @@ def _collect(children: Mapping[str, subprocess.Popen[bytes]]) -> int:
             print(f"protege: {name} did not stop in time; killing it", file=sys.stderr)
             child.kill()
             rc = child.wait()
-        if rc not in (0, -signal.SIGTERM, -signal.SIGINT) and code == 0:
+        if rc not in (0, -signal.SIGTERM, -signal.SIGINT) and code == 0 and name not in optional:
             print(f"protege: {name} exited with {rc}", file=sys.stderr)
             code = rc if rc > 0 else 1
     return code

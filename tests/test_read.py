@@ -197,8 +197,8 @@ async def test_parts_replaced_after_listing_lose_nothing(
             fs.delete_file(dataset.files[1])
         return dataset
 
-    open_dataset = core.read._open_dataset
-    monkeypatch.setattr(core.read, "_open_dataset", open_then_compact)
+    open_dataset = core.read.open_dataset
+    monkeypatch.setattr(core.read, "open_dataset", open_then_compact)
     seen = [r for b in iter_exchanges(store.uri, batch_rows=2) for r in b["request_id"].to_pylist()]
     assert sorted(seen) == sorted(f"r{p}-{i}" for p in range(4) for i in range(3))
     assert len(listings) == 2 and len(listings[1]) == 4
