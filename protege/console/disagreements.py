@@ -6,6 +6,7 @@ that records the right answer as feedback (``corrections.record_correction``).
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ from protege.console.security import checked_form
 from protege.console.web import render
 
 _FILTERS = ("task", "since", "until", "sort")
+# The range shown when the form names none (the filter form shows it, to widen).
+DEFAULT_RANGE = timedelta(days=1)
 MAX_CORRECTION_CHARS = 100_000
 
 
@@ -29,6 +32,10 @@ async def disagreements(request: Request) -> Response:
     c = console(request)
     values = form_values(request, _FILTERS)
     values["sort"] = values["sort"] if values["sort"] in ("agreement", "newest") else "agreement"
+    if not values["since"] and not values["until"]:
+        # Worst first means reading every pair of the range: the last day unless widened.
+        since = datetime.now(UTC) - DEFAULT_RANGE
+        values["since"] = since.strftime("%Y-%m-%dT%H:%M")
     page = page_number(request)
     tasks = await c.query(c.catalog.tasks)
     found = await c.query(
