@@ -12,6 +12,7 @@ Precedence: defaults < YAML file < environment < overrides. The environment name
     PROTEGE_STORE              store
     PROTEGE_ADMIN_TOKEN        rollouts.admin_token
     PROTEGE_HASH_SALT          hash_salt
+    PROTEGE_GATEWAY_WORKERS    server.workers
 
 Each service validates its own sections with ``validate``; a bad value is a ``ConfigError``
 naming the key, e.g. ``config: routes[2].task must be a non-empty string, got ''``.
@@ -110,6 +111,30 @@ class SpoolConfig(Model):
     on_full: Literal["drop", "reject"] = "drop"
 
 
+# A gateway run with --workers N gives worker i the spool <spool.dir>/worker-<i>/ (and its
+# feedback spool <spool.dir>/worker-<i>/feedback/), so no two writers share a segment.
+WORKER_SPOOL_PREFIX = "worker-"
+
+
+def worker_spool(spool_dir: Path, index: int) -> Path:
+    """Worker ``index``'s spool directory under the configured one."""
+    return Path(spool_dir) / f"{WORKER_SPOOL_PREFIX}{index}"
+
+
+def writer_spools(spool_dir: Path) -> list[Path]:
+    """Every directory a gateway may write exchange segments in: the spool directory itself
+    (one gateway process) and each worker's, as they are now on disk."""
+    root = Path(spool_dir)
+    try:
+        workers = sorted(
+            p for p in root.iterdir()
+            if p.name.startswith(WORKER_SPOOL_PREFIX) and p.is_dir()
+        )  # fmt: skip
+    except FileNotFoundError:
+        workers = []
+    return [root, *workers]
+
+
 class LoggingConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # One JSON line per request answered.
@@ -126,6 +151,7 @@ _ENV_KEYS = {
     "PROTEGE_STORE": "store",
     "PROTEGE_ADMIN_TOKEN": "rollouts.admin_token",
     "PROTEGE_HASH_SALT": "hash_salt",
+    "PROTEGE_GATEWAY_WORKERS": "server.workers",
 }
 
 

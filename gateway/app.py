@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 import structlog
 from fastapi import FastAPI, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -34,7 +34,7 @@ from gateway.feedback import Feedback, FeedbackDesk, FeedbackEncoder
 from gateway.intake import ENDPOINTS, Intake
 from gateway.judged import ShadowJudge
 from gateway.live import LiveReporter
-from gateway.metrics import Metrics, TaskLabels
+from gateway.metrics import Metrics, TaskLabels, exposition, multiprocess_dir
 from gateway.monitor import Monitor
 from gateway.policy import RolloutPolicy
 from gateway.proxy import Capture, Proxy, TeacherBackend
@@ -72,7 +72,11 @@ class Gateway:
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: GatewaySettings, metrics: Metrics | None = None) -> Gateway:
+    def build(
+        cls, settings: GatewaySettings, metrics: Metrics | None = None, replica: str | None = None
+    ) -> Gateway:
+        """``replica``: this process's name in the live views (default: the pod's name, else
+        a new id); each worker of ``protege gateway --workers N`` has its own."""
         metrics = metrics or Metrics()
         routes = RouteTable(settings.routes)
         labels = TaskLabels(routes.tasks, settings.metrics.max_dynamic_tasks)
@@ -120,7 +124,7 @@ class Gateway:
         # What this replica sees of each student (drift, the challenge), for the autopilot.
         live = LiveReporter(
             store, rollouts.students, drift.score, monitor.duel,
-            os.environ.get("PROTEGE_POD_NAME") or new_id(), r.sync_interval_s,
+            replica or os.environ.get("PROTEGE_POD_NAME") or new_id(), r.sync_interval_s,
         )  # fmt: skip
         return cls(
             settings, metrics, intake, routes, teacher, student, spool, proxy, store,
@@ -194,9 +198,11 @@ class Gateway:
         return await self.dispatch.answer(inc)
 
 
-def create_app(settings: GatewaySettings, metrics: Metrics | None = None) -> FastLane:
+def create_app(
+    settings: GatewaySettings, metrics: Metrics | None = None, replica: str | None = None
+) -> FastLane:
     """The gateway as an ASGI app: FastAPI, fronted by the fast lane for forwarded requests."""
-    gw = Gateway.build(settings, metrics)
+    gw = Gateway.build(settings, metrics, replica)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -266,9 +272,19 @@ def _add_routes(app: FastAPI, gw: Gateway) -> None:
             return Response(b'{"status":"spool full"}', 503, media_type="application/json")
         return Response(b'{"status":"ready"}', media_type="application/json")
 
+    registry = exposition(gw.metrics.registry)
+
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await _exposition(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _exposition(registry: CollectorRegistry) -> bytes:
+    """The metrics page; every worker's files are read off the event loop in multiprocess
+    mode."""
+    if multiprocess_dir() is None:
+        return generate_latest(registry)
+    return await asyncio.to_thread(generate_latest, registry)
 
 
 def _route_model(route: RouteConfig, policy: RolloutPolicy | None) -> dict[str, object]:

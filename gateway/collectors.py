@@ -3,17 +3,27 @@
 ``Counter``, ``Gauge`` and ``Histogram`` are prometheus_client's, with ``labels`` answered from a
 dict once a child exists; ``TaskLabels`` admits the configured tasks plus a limited number of
 others seen in traffic, then folds the rest into ``other``.
+
+In multiprocess mode (``gateway.metrics``) a child keeps writing its value to the file
+prometheus_client gave it, so the cached child is the same one either way. Removing a labelled
+series cannot delete its value from that file: a removed gauge is set to 0 first, so no stale
+value outlives it in the aggregate.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from typing import Any, Self
+from typing import Any, Literal, Self, TypeAlias
 
 import prometheus_client
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 
 OTHER_TASK = "other"
+
+MultiprocessMode: TypeAlias = Literal["liveall", "livesum", "livemax", "livemostrecent"]
 
 
 class _CachedLabels(MetricWrapperBase):
@@ -49,7 +59,10 @@ class Counter(_CachedLabels, prometheus_client.Counter):
 
 
 class Gauge(_CachedLabels, prometheus_client.Gauge):
-    pass
+    def remove(self, *labelvalues: Any) -> None:
+        if values.ValueClass is not values.MutexValue:  # multiprocess mode: see above
+            self.labels(*labelvalues).set(0)
+        super().remove(*labelvalues)
 
 
 class Histogram(_CachedLabels, prometheus_client.Histogram):
@@ -75,3 +88,22 @@ class TaskLabels:
         self._room -= 1
         self._known.add(task)
         return task
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of this process's metric values when it runs in multiprocess mode
+    (a worker of ``protege gateway --workers N``), else None."""
+    if values.ValueClass is values.MutexValue:  # chosen once, when prometheus_client loaded
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def exposition(registry: CollectorRegistry) -> CollectorRegistry:
+    """The registry ``/metrics`` shows: ``registry``, or in multiprocess mode one that
+    aggregates every worker's values from their files."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return registry
+    aggregate = CollectorRegistry()
+    MultiProcessCollector(aggregate, directory)  # type: ignore[no-untyped-call]
+    return aggregate

@@ -97,6 +97,9 @@ class RouteConfig(Model):
 class ServerConfig(Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Gateway processes sharing the port (gateway.workers); None: one per core available to
+    # the process (its CPU affinity, capped by a cgroup CPU quota). 1: a single process.
+    workers: int | None = Field(default=None, ge=1, le=256)
 
 
 class MetricsConfig(Model):

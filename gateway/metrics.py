@@ -3,6 +3,22 @@
 Each gateway owns a ``Metrics`` with its own registry (tests build as many as they like).
 Labels are bounded sets: the task label admits the configured tasks plus a limited number of
 others seen in traffic, then folds the rest into ``other`` (``gateway.collectors``).
+
+The workers of ``protege gateway --workers N`` run in prometheus_client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, ``gateway.workers``): every value is kept in a file of that
+directory and ``/metrics`` on any worker shows the aggregate (``exposition``). Counters and
+histograms are summed over every worker that ever ran, so they stay exact across a restart.
+A gauge says how it aggregates, over the workers alive (a dead worker's gauges are dropped):
+
+- ``livesum``: amounts each worker holds a part of (spool bytes);
+- ``livemax``: flags and alarms, raised if any worker raises them (spool full, judge flagged,
+  input drift: the worst worker's sample of the traffic);
+- ``livemostrecent``: state every worker converges to (the rollout in force: the latest
+  change any worker applied, until the others sync);
+- ``liveall``: statistics of one worker's window of traffic, which neither add nor compare
+  (duel agreement and samples, judged pass rate): one series per worker, labelled ``pid``.
+
+With one process, nothing of this applies: the values live in the ``Metrics`` registry.
 """
 
 from __future__ import annotations
@@ -12,10 +28,19 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from core.segment import recovery_counters
-from gateway.collectors import OTHER_TASK, Counter, Gauge, Histogram, TaskLabels
+from gateway.collectors import (
+    OTHER_TASK,
+    Counter,
+    Gauge,
+    Histogram,
+    MultiprocessMode,
+    TaskLabels,
+    exposition,
+    multiprocess_dir,
+)
 
 __all__ = ["OTHER_TASK", "Counter", "FeedbackSpoolMetrics", "Gauge", "Histogram", "Metrics",
-           "TaskLabels"]  # fmt: skip
+           "TaskLabels", "exposition", "multiprocess_dir"]  # fmt: skip
 
 # Latency buckets from 0.5 ms to 2 min: teacher calls span both ends.
 _LATENCY = (
@@ -46,8 +71,10 @@ class FeedbackSpoolMetrics:
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(f"protege_feedback_spool_{name}", doc, list(labels), registry=r)
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"protege_feedback_spool_{name}", doc, registry=r)
+        def gauge(name: str, doc: str, mode: MultiprocessMode) -> Gauge:
+            return Gauge(
+                f"protege_feedback_spool_{name}", doc, registry=r, multiprocess_mode=mode
+            )
 
         return cls(
             counter("records", "Feedback records written to the feedback spool."),
@@ -55,8 +82,9 @@ class FeedbackSpoolMetrics:
             counter("dropped", "Feedback not written, by reason (each answered 503).", "reason"),
             counter("torn_records", "Torn records cut from a crashed feedback segment's tail."),
             counter("segments_sealed", "Feedback spool segments sealed for the sidecar."),
-            gauge("bytes", "Bytes held in the feedback spool (open and sealed segments)."),
-            gauge("full", "1 while the feedback spool is at its cap, else 0."),
+            gauge("bytes", "Bytes held in the feedback spool (open and sealed segments).",
+                  "livesum"),
+            gauge("full", "1 while the feedback spool is at its cap, else 0.", "livemax"),
         )
 
 
@@ -145,6 +173,11 @@ class Metrics:
             ["task", "reason"],
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "protege_gateway_worker_restarts",
+            "Gateway worker processes restarted after one died (protege gateway --workers N).",
+            registry=r,
+        )
         self.incomplete_answers = Counter(
             "protege_incomplete_answers",
             "Plain answers not given, by reason: client_disconnect (the client went away "
@@ -175,11 +208,13 @@ class Metrics:
             "protege_spool_bytes",
             "Bytes currently held in the spool directory (open and sealed segments).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.spool_full = Gauge(
             "protege_spool_full",
             "1 while the spool is at its cap, else 0.",
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def _rollout(self, r: CollectorRegistry) -> None:
@@ -189,12 +224,14 @@ class Metrics:
             "teacher and shadow, the percent for canary, 100 for hybrid and student.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rollout_mode = Gauge(
             "protege_rollout_mode",
             "1 for the task's current rollout mode, 0 for its other modes.",
             ["task", "mode"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.rollout_changes = Counter(
             "protege_rollout_changes",
@@ -256,12 +293,14 @@ class Metrics:
             "challenger, by role (a failed call scores 0).",
             ["task", "role"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.challenge_samples = Gauge(
             "protege_challenge_samples",
             "Scored answers in the duel window of the task's champion and challenger, by role.",
             ["task", "role"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.challenges = Counter(
             "protege_challenges",
@@ -286,6 +325,7 @@ class Metrics:
             "(pass + fail)): the agreement its guardrails judge.",
             ["task"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.judge_calls = Counter(
             "protege_judge_calls",
@@ -311,6 +351,7 @@ class Metrics:
             "(uncalibrated, below its min_agreement, or stale), read at start; else 0.",
             ["task", "criterion"],
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def prepare(self, task: str, mode: str) -> None:
@@ -356,6 +397,7 @@ class Metrics:
             "(length, charset, tokens) and measure (psi, js); above 0.1 is drift.",
             ["task", "feature", "measure"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.drift_profiled = Counter(
             "protege_drift_profiled",
@@ -367,3 +409,4 @@ class Metrics:
             "Prompts left out of the live drift profiles because the monitor was behind.",
             registry=r,
         )
+

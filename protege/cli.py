@@ -18,29 +18,26 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.config import load_settings
     from gateway.heap import settle
+    from gateway.workers import SERVING, available_cores, run_workers, serve_worker
 
     server: dict[str, object] = {}
     if args.host is not None:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
+    if args.workers is not None:
+        server["workers"] = args.workers
     overrides: dict[str, Any] = {"server": server} if server else {}
     settings = load_settings(args.config, None, **overrides)
     configure(settings.logging.level)
+    workers = settings.server.workers or available_cores()
+    if args.worker is not None:  # one of the processes run_workers starts
+        return serve_worker(settings, args.worker, workers, args.worker_restart)
+    if workers > 1:
+        return run_workers(settings, workers, args.config)
     app = create_app(settings)
     settle()
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, **SERVING)
     return 0
 
 
@@ -65,6 +62,8 @@ def _run_up(args: argparse.Namespace) -> int:
         gateway += ["--host", args.host]
     if args.port:
         gateway += ["--port", str(args.port)]
+    if args.workers:
+        gateway += ["--workers", str(args.workers)]
     commands = {"gateway": ["gateway", *gateway], "sidecar": ["sidecar", *common]}
     if args.autopilot:
         local = _local_gateway(args, "autopilot", "--gateway-url")
@@ -101,6 +100,13 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     return 1 if result.missing else 0
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protege",
@@ -115,7 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML settings file (environment overrides it)")
         p.add_argument("--host", help="address the gateway listens on (default 127.0.0.1)")
         p.add_argument("--port", type=int, help="port the gateway listens on (default 8080)")
+        p.add_argument(
+            "--workers", type=_positive,
+            help="gateway processes sharing the port (default: server.workers, else one per "
+            "core available; 1: a single process)",
+        )  # fmt: skip
         p.set_defaults(run=run)
+    # Set by the parent of --workers N on each worker it starts; not for people.
+    sub.choices["gateway"].add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    sub.choices["gateway"].add_argument(
+        "--worker-restart", action="store_true", help=argparse.SUPPRESS
+    )
     sub.choices["up"].add_argument(
         "--autopilot", action="store_true",
         help="also run the autopilot (autopilot.tasks of the config), training on this machine",

@@ -2,9 +2,11 @@
 console, and the autopilot when asked).
 
 Two processes, as in a pod: the sidecar's Parquet work never competes with the gateway's event
-loop. SIGINT/SIGTERM are passed to both (the sidecar then waits for the gateway to seal its
-last segment and ships it). If either exits on its own, the other is stopped too; the console
-is optional: if it cannot start (its port taken, say), the rest run on without it.
+loop. With ``--workers N`` the gateway child is the parent of N gateway workers
+(``gateway.workers``); the sidecar ships every worker's spool. SIGINT/SIGTERM are passed to
+both (the sidecar then waits for the gateway to seal its last segment and ships it). If either
+exits on its own, the other is stopped too; the console is optional: if it cannot start (its
+port taken, say), the rest run on without it.
 """
 
 from __future__ import annotations

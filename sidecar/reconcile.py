@@ -3,7 +3,9 @@
 Compares the gateway's answered-request counter (``protege_requests_total``) with the distinct
 ``request_id``s in the store, accounting for records the gateway dropped on purpose (spool cap)
 and records still waiting in the spool. Counters restart with the gateway process, so compare
-over one gateway lifetime (the tests do; operators should after a restart).
+over one gateway lifetime (the tests do; operators should after a restart). The workers of
+``protege gateway --workers N`` count together (multiprocess metrics), across a worker's
+restart too; their lifetime is the parent's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.segment import scan_segment, sealed_segments
+from core.settings import writer_spools
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ def fetch_gateway_counts(gateway_url: str, task: str | None = None) -> tuple[int
 
 
 def spooled_records(spool: Path) -> int:
-    """Whole records in the spool's sealed and open segments."""
-    paths = sealed_segments(spool) + sorted(spool.glob("*.open"))
-    return sum(scan_segment(p).records for p in paths if p.exists())
+    """Whole records in the sealed and open segments of the spool and of every gateway
+    worker's spool in it (``protege gateway --workers N``)."""
+    total = 0
+    for directory in writer_spools(spool):
+        paths = sealed_segments(directory) + sorted(directory.glob("*.open"))
+        total += sum(scan_segment(p).records for p in paths if p.exists())
+    return total

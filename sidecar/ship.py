@@ -18,6 +18,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +32,28 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.parts import EXCHANGES, Layout, Part, segment_to_parts
 
 log = structlog.get_logger("sidecar")
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in a spool: sealed bytes and segments, the oldest segment's id time (ms)."""
+
+    bytes: int = 0
+    segments: int = 0
+    oldest_ms: int | None = None
+
+    def __add__(self, other: Backlog) -> Backlog:
+        times = [t for t in (self.oldest_ms, other.oldest_ms) if t is not None]
+        return Backlog(
+            self.bytes + other.bytes, self.segments + other.segments, min(times, default=None)
+        )
+
+    def observe(self, metrics: SidecarMetrics, now: float) -> None:
+        """Export it: the backlog gauges, the oldest segment's age (0 when empty)."""
+        metrics.backlog_bytes.set(self.bytes)
+        metrics.backlog_segments.set(self.segments)
+        oldest = self.oldest_ms
+        metrics.oldest_age.set(0 if oldest is None else max(0.0, now - oldest / 1000))
 
 
 class GaveUp(Exception):
@@ -58,14 +81,10 @@ class Shipper:
         metrics: SidecarMetrics,
         backoff: Backoff,
         layout: Layout = EXCHANGES,
-        *,
-        reports_backlog: bool = True,
     ) -> None:
         """Ships the segments in ``spool`` holding records of ``layout`` (exchanges, or
-        feedback from its own spool); the backlog gauges are of the shipper that
-        ``reports_backlog`` (the exchanges')."""
+        feedback from its own spool)."""
         self.spool, self.store, self.layout = spool, store, layout
-        self.reports_backlog = reports_backlog
         self.workdir, self.quarantine_dir = workdir, quarantine
         self.metrics, self.backoff = metrics, backoff
         self.stopping = asyncio.Event()
@@ -82,8 +101,6 @@ class Shipper:
             if self.stopping.is_set() and max_attempts is None:
                 break
             shipped += await self.ship(segment, max_attempts)
-        if self.reports_backlog:
-            await asyncio.to_thread(self.observe_backlog)
         return shipped
 
     async def ship(self, segment: Path, max_attempts: int | None = None) -> int:
@@ -152,8 +169,8 @@ class Shipper:
         log.error("segment quarantined", segment=str(segment), moved_to=str(target),
                   reason=exc.reason, offset=exc.offset)  # fmt: skip
 
-    def observe_backlog(self) -> None:
-        """Export the spool's backlog: sealed bytes and count, and the oldest segment's age."""
+    def backlog(self) -> Backlog:
+        """The spool's backlog: sealed bytes and count, and the oldest segment's id time."""
         sealed = sealed_segments(self.spool)
         size = 0
         for path in sealed:
@@ -161,11 +178,9 @@ class Shipper:
                 size += path.stat().st_size
             except FileNotFoundError:
                 continue
-        self.metrics.backlog_bytes.set(size)
-        self.metrics.backlog_segments.set(len(sealed))
         names = [p.name for p in sealed] + [p.name for p in self.spool.glob("*" + OPEN_SUFFIX)]
         oldest = min((id_time_ms(n) for n in names if len(n) > 26), default=None)
-        self.metrics.oldest_age.set(0 if oldest is None else max(0.0, time.time() - oldest / 1000))
+        return Backlog(size, len(sealed), oldest)
 
     def writers_alive(self) -> bool:
         """Whether a live writer still holds an open segment (e.g. a gateway shutting down)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +17,11 @@ from gateway.config import GatewaySettings, load_settings
 from gateway.metrics import Metrics
 from tests.fake_lorax import FakeLorax
 from tests.fake_teacher import FakeTeacher, wait_for
+
+# A gateway started by a test is a single process (``--workers 1``), whatever the machine's
+# cores: each test says what it checks of one gateway; tests/test_gateway_workers.py sets its
+# own count.
+os.environ.setdefault("PROTEGE_GATEWAY_WORKERS", "1")
 
 
 class RunningGateway:

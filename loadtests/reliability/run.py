@@ -31,6 +31,7 @@ import client_disconnect
 import damaged_segments
 import kill_gateway
 import kill_sidecar
+import kill_worker
 import procs
 import slow_shadow
 import spool_cap
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         kill_gateway.SCENARIO,
         kill_sidecar.SCENARIO,
+        kill_worker.SCENARIO,
         store_outage.SCENARIO,
         damaged_segments.SCENARIO,
         spool_cap.DROP,

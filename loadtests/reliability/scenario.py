@@ -19,6 +19,8 @@ from services import Child, Workspace
 from traffic import Traffic, latency
 from verdict import Result
 
+from core.settings import writer_spools
+
 
 @dataclass(frozen=True)
 class Context:
@@ -53,16 +55,18 @@ async def world(ctx: Context, name: str) -> AsyncIterator[tuple[Workspace, Scrip
 
 async def wind_down(result: Result, ws: Workspace, gateway: Child, sidecar: Child | None) -> None:
     """Stop the gateway (it seals its last segment), then the sidecar (it ships everything
-    sealed and exits); check both exit cleanly and the spool is left empty."""
+    sealed and exits); check both exit cleanly and the spool (each worker's too) is left
+    empty."""
     code = await ws.stop(gateway)
     result.check("gateway stops cleanly", code in (0, -15), f"exit code {code}")
     if sidecar is not None:
         code = await ws.stop(sidecar)
         result.check("sidecar drains and exits 0", code == 0, f"exit code {code}")
-    left = [p.name for p in ws.spool.iterdir() if p.is_file()] if ws.spool.exists() else []
+    left = [p.name for d in writer_spools(ws.spool) if d.exists() for p in d.iterdir()
+            if p.is_file()]  # fmt: skip
     result.check("spool drained", not left, f"{len(left)} segments left {left[:3]}")
     work = ws.spool / ".work"
-    scratch = sorted(p.name for p in work.iterdir()) if work.exists() else []
+    scratch = sorted(p.name for p in work.rglob("*") if p.is_file()) if work.exists() else []
     result.check("no scratch parts left in .work", not scratch, f"{len(scratch)} {scratch[:3]}")
 
 

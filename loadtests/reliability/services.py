@@ -103,9 +103,11 @@ class Workspace:
     def log_of(self, child: Child) -> Path:
         return self._logs[child.pid]
 
-    async def start_gateway(self, config: Path) -> Child:
+    async def start_gateway(self, config: Path, workers: int = 1) -> Child:
+        """``protege gateway``: one process, or ``workers`` under one parent."""
         argv = [sys.executable, "-m", "protege.cli", "gateway", "--config", str(config)]
         argv += ["--host", procs.HOST, "--port", str(self.gateway_port)]
+        argv += ["--workers", str(workers)]
         child = self._start("gateway", argv, self.cores[0])
         await asyncio.to_thread(
             procs.wait_healthy, child, self.gateway_port, "/healthz", self.log_of(child)
