@@ -59,3 +59,23 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python loadtests/gateway_overhead.py
+
+# The slim image (gateway, sidecar, console, autopilot) as an OCI layout in
+# dist/image/protege-slim, tagged with the project's version, without Docker: Debian's packages
+# (mmdebstrap) and the wheels of docker/requirements.lock, packed by umoci
+# (docker/build-image.sh). Needs root; not part of `make test`. Same SOURCE_DATE_EPOCH, same
+# packages: same image digest.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+
+.PHONY: image
+image: | $(BIN)/python
+	@command -v mmdebstrap >/dev/null && command -v umoci >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "Installing mmdebstrap and umoci (Debian's packages)..."; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			mmdebstrap umoci >/dev/null; }
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO env SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) REVISION=$(REVISION) \
+		PYTHON=$(abspath $(BIN)/python) bash docker/build-image.sh

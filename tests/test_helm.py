@@ -568,3 +568,11 @@ def test_every_value_is_commented() -> None:
     """Each value in values.yaml is explained by a comment above it (or above its section)."""
     assert undocumented_values((CHART / "values.yaml").read_text()) == []
     assert undocumented_values("a:\n  b: 1\n") == ["a.b"]
+
+
+def test_gateway_workers_per_pod_reach_its_config(chart: helm_python.Chart) -> None:
+    """gateway.workers becomes server.workers of the rendered config: one process per pod by
+    default (pods scale out), more when a pod is given the cores."""
+    assert config_file(render(chart, {}))["server"]["workers"] == 1
+    four = render(chart, {"gateway": {"workers": 4}})
+    assert config_file(four)["server"]["workers"] == 4

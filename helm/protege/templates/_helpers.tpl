@@ -132,7 +132,7 @@ in it; they reach the containers as environment variables.
 {{- define "protege.config" -}}
 {{- $c := deepCopy (.Values.config | default dict) -}}
 {{- $_ := set $c "store" .Values.store.uri -}}
-{{- $_ = set $c "server" (dict "host" "0.0.0.0" "port" (int .Values.gateway.port)) -}}
+{{- $_ = set $c "server" (dict "host" "0.0.0.0" "port" (int .Values.gateway.port) "workers" (int .Values.gateway.workers)) -}}
 {{- $_ = set $c "teacher" (mergeOverwrite (get $c "teacher" | default dict) (dict "base_url" .Values.teacher.baseUrl)) -}}
 {{- $student := include "protege.studentBaseUrl" . -}}
 {{- if $student -}}
