@@ -168,7 +168,9 @@ class Demo:
             "routes": [route],
             "store": self.store,
             "spool": {"dir": str(self.workdir / "spool"), "segment_max_age_s": 1},
-            "server": {"host": "127.0.0.1", "port": self.ports["gateway"]},
+            # One gateway process: the operator's rollout steps are then in force at once (with
+            # --workers N each worker applies them within rollouts.sync_interval_s).
+            "server": {"host": "127.0.0.1", "port": self.ports["gateway"], "workers": 1},
             "rollouts": {"sync_interval_s": 2, "shadow_timeout_s": 120,
                          "shadow_concurrency": max(16, self.opts.rollout_requests)},
             "sidecar": {"poll_interval_s": 0.25, "metrics_port": self.ports["sidecar"],
