@@ -44,7 +44,7 @@ up: $(VENV)/.core
 	$(BIN)/protege up
 
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The console's screenshots in docs/console (the README shows them), taken by its browser tests.
 screenshots: $(VENV)/.dev
