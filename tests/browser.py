@@ -13,12 +13,12 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psutil
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -135,9 +135,21 @@ def submit(driver: webdriver.Chrome, button_id: str) -> None:
     """Press the button and wait until the page it leads to replaced this one."""
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, PAGE_LOAD_TIMEOUT_S).until(
-        expected_conditions.staleness_of(old), f"#{button_id} led nowhere"
-    )
+    WebDriverWait(driver, PAGE_LOAD_TIMEOUT_S).until(gone(old), f"#{button_id} led nowhere")
+
+
+def gone(element: WebElement) -> Any:
+    """A wait condition: ``element`` left the document. Chromium says so either as a stale
+    element or, caught mid-navigation, as an inspector error about a node of no document."""
+
+    def check(_driver: webdriver.Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:  # StaleElementReferenceException is one
+            return True
+        return False
+
+    return check
 
 
 def text_of(driver: webdriver.Chrome, css: str) -> str:
