@@ -164,7 +164,9 @@ async def _relay(
     except UpstreamError as exc:
         ex.error = exc.message
     except (asyncio.CancelledError, GeneratorExit):
-        ex.error = "client disconnected"
+        # A client that leaves once the upstream's error event reached it: the error is why
+        # the stream ended, not the leaving.
+        ex.error = (edit.error if edit is not None else None) or "client disconnected"
         ex.response = b"".join(kept)
         proxy.metrics.incomplete_streams.labels(inc.metrics_task, "client_disconnect").inc()
         proxy.capture.submit(inc, ex)
