@@ -109,14 +109,17 @@ class Gateway:
         drift = DriftMonitor(metrics, r.drift_queue)
         references = References(store, drift, background, labels)
         monitor = Monitor(rollouts, metrics, background, labels, store=store)
+        # The caps on background calls are the gateway's (a pod's, a host's): its workers
+        # split them evenly, as the kernel spreads the connections over them.
+        share = 1 / (settings.server.workers or 1)
         judging = ShadowJudge(
-            settings.judge_settings(), r, monitor, metrics, labels, redactor
+            settings.judge_settings(), r, monitor, metrics, labels, redactor, share=share
         )
         shadow = None
         if student is not None:
             shadow = Shadow(
                 student, proxy.capture, monitor, metrics, background,
-                r.shadow_concurrency, r.shadow_timeout_s, judging,
+                r.shadow_concurrency, r.shadow_timeout_s, judging, share=share,
             )  # fmt: skip
         dispatch = Dispatch(
             proxy, teacher, student, rollouts, monitor, shadow, drift, references, background

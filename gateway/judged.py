@@ -43,6 +43,7 @@ unredacted, as the teacher does: point ``judges.endpoint`` at a host trusted as 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from core.judging import (
     Judge,
     JudgeItem,
     Judgement,
+    JudgesConfig,
     JudgeSettings,
     standing_of,
 )
@@ -109,6 +111,24 @@ def noted(criterion: str, verdict: str, reason: str) -> dict[str, str]:
     return {"criterion": criterion, "verdict": verdict, "reason": reason[:REASON_CHARS]}
 
 
+def split(judges: JudgesConfig, share: float) -> JudgesConfig:
+    """``judges`` with ``share`` of its call rate, concurrency, budget and shadow rates: what
+    each of N workers may spend (``share`` = 1/N), so that the gateway spends what it says."""
+    if share == 1:
+        return judges
+    budget = judges.budget
+    tasks = {name: t.model_copy(update={"shadow_max_per_s": t.shadow_max_per_s * share})
+             for name, t in judges.tasks.items()}  # fmt: skip
+    return judges.model_copy(update={
+        "max_calls_per_s": judges.max_calls_per_s * share,
+        "max_concurrency": max(1, math.ceil(judges.max_concurrency * share)),
+        "budget": budget.model_copy(update={
+            "calls": math.floor(budget.calls * share), "tokens": math.floor(budget.tokens * share),
+        }),
+        "tasks": tasks,
+    })  # fmt: skip
+
+
 class ShadowJudge:
     """Samples, queues and judges shadow pairs; the lifespan starts and stops it."""
 
@@ -122,8 +142,11 @@ class ShadowJudge:
         redactor: Redactor,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        share: float = 1.0,
     ) -> None:
-        self._settings = settings
+        """``share``: this process's part of the judge's rate, concurrency and budget and of
+        every ``shadow_max_per_s`` (1/N for each of N workers)."""
+        self._settings = settings.model_copy(update={"judges": split(settings.judges, share)})
         self._config = config
         self._monitor = monitor
         self._metrics = metrics

@@ -131,10 +131,10 @@ class RolloutPolicy(Model):
     challenge: ChallengeConfig = ChallengeConfig()
     # shadow: share of requests also sent to the student (in shadow mode only).
     shadow_percent: float = Field(default=100.0, ge=0, le=100)
-    # shadow: at most this many of the task's shadow calls a second, per gateway replica; None:
-    # no cap. A shadow call costs a busy gateway about as much CPU as a client's request: the cap
-    # bounds that cost whatever the traffic, and still scores 3,000 answers per replica in a
-    # 5-minute window.
+    # shadow: at most this many of the task's shadow calls a second, per gateway replica (its
+    # workers share it); None: no cap. A shadow call costs a busy gateway about as much CPU as
+    # a client's request: the cap bounds that cost whatever the traffic, and still scores 3,000
+    # answers per replica in a 5-minute window.
     shadow_max_per_s: float | None = Field(default=10.0, gt=0, allow_inf_nan=False)
     # Seconds of traffic the guardrails, the shadow agreement and the live drift profile see.
     window_s: float = Field(default=300.0, ge=10, le=86400)

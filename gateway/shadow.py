@@ -120,7 +120,9 @@ class Shadow:
         timeout_s: float,
         judging: ShadowJudge | None = None,
         clock: Callable[[], float] = time.monotonic,
+        share: float = 1.0,
     ) -> None:
+        """``share``: this process's part of the rate caps (1/N for each of N workers)."""
         self._student = student
         self._judging = judging
         self._capture = capture
@@ -130,6 +132,7 @@ class Shadow:
         self._concurrency = concurrency
         self._timeout_s = timeout_s
         self._clock = clock
+        self._share = share
         self._limits: dict[str, TokenBucket] = {}
         self._duel_limits: dict[str, TokenBucket] = {}
         self.in_flight = 0
@@ -144,7 +147,7 @@ class Shadow:
         if self.in_flight >= self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
             return None
-        if max_per_s is not None and not _take(self._limits, inc.task, max_per_s, self._clock()):
+        if max_per_s is not None and not self._take(self._limits, inc.task, max_per_s):
             self._metrics.shadow_requests.labels(inc.metrics_task, "limited").inc()
             return None
         answered: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -156,11 +159,19 @@ class Shadow:
         if self.in_flight + 2 > self._concurrency:
             self._metrics.shadow_requests.labels(inc.metrics_task, "skipped").inc()
             return False
-        rate = policy.challenge.max_per_s
-        if not _take(self._duel_limits, inc.task, rate, self._clock()):
+        if not self._take(self._duel_limits, inc.task, policy.challenge.max_per_s):
             self._metrics.shadow_requests.labels(inc.metrics_task, "limited").inc()
             return False
         return True
+
+    def _take(self, buckets: dict[str, TokenBucket], task: str, max_per_s: float) -> bool:
+        """Whether ``task`` may have one more call now under this process's share of
+        ``max_per_s`` calls a second."""
+        rate, now = max_per_s * self._share, self._clock()
+        bucket = buckets.get(task)
+        if bucket is None or bucket.rate != rate:  # new, or its policy changed
+            bucket = buckets[task] = TokenBucket(rate, now)
+        return bucket.take(now)
 
     def duel(
         self, inc: Incoming, policy: RolloutPolicy, answered: asyncio.Future[bytes | None] | None
@@ -322,12 +333,6 @@ class Shadow:
             return None
 
 
-def _take(buckets: dict[str, TokenBucket], task: str, rate: float, now: float) -> bool:
-    """Whether ``task`` may have one more call at ``now`` under ``rate`` a second."""
-    bucket = buckets.get(task)
-    if bucket is None or bucket.rate != rate:  # new, or its policy changed
-        bucket = buckets[task] = TokenBucket(rate, now)
-    return bucket.take(now)
 
 
 def _unary(payload: bytes, stream: bool) -> bytes:

@@ -13,7 +13,10 @@ What each worker has of its own:
   cap divided between the workers: no two writers ever share a segment, and the sidecar ships
   every worker's directory (``sidecar.spools``);
 - its replica name in the live views, ``<pod or host>-w<i>``, so the autopilot sees each;
-- its drift monitor, duel windows and rate limits, like a replica's.
+- its drift monitor, guardrail and duel windows, like a replica's;
+- its share of the caps on background calls (shadow, challenge and judge rates, the judge's
+  concurrency and budget): 1/N of each (``gateway.app``), so that N workers spend what one
+  process would.
 
 What they share: the rollouts, through the store (each worker reads it every
 ``rollouts.sync_interval_s``, so an admin change answered by one worker is in force in every

@@ -49,9 +49,11 @@ def publish(store: Path, adapter: str = ADAPTER, prompts: list[str] | None = Non
 def start(
     make_gateway: Any, lorax: FakeLorax, tmp_path: Path
 ) -> Any:  # a function: rollout fields -> RunningGateway
-    def start(**rollout: Any) -> RunningGateway:
+    def start(server: dict[str, Any] | None = None, **rollout: Any) -> RunningGateway:
         route = {"alias": "tickets", "task": "tickets", "rollout": {"adapter": ADAPTER, **rollout}}
-        return make_gateway(student={"base_url": lorax.base_url}, routes=[route])
+        return make_gateway(
+            student={"base_url": lorax.base_url}, routes=[route], server=server or {}
+        )
 
     return start
 
@@ -165,6 +167,18 @@ def test_shadow_calls_are_capped_per_second(start: Any, lorax: FakeLorax) -> Non
     (shadowed,) = [p for p in primaries if p["detail"] == {"why": "shadow"}]
     assert [s["shadow_of"] for s in shadows] == [shadowed["request_id"]]
     assert sorted(p["detail"]["why"] for p in primaries) == ["shadow"] + ["shadow_skipped"] * 3
+
+
+def test_workers_split_the_shadow_cap(start: Any, lorax: FakeLorax) -> None:
+    """shadow_max_per_s is the gateway's: one worker of two may make half of it. With 2 a
+    second (a burst of 2 alone), the worker's 1 a second lets 1 of 4 requests in a row through."""
+    lorax.says = echo
+    gw = start(mode="shadow", shadow_max_per_s=2, server={"workers": 2})
+    c = client(gw)
+    for _ in range(4):
+        c.chat.completions.create(model="tickets", messages=ask())
+    assert gw.metric("protege_shadow_requests_total", task="tickets", outcome="limited") == 3
+    assert len([r for r in records(gw) if r["shadow_of"]]) == 1
 
 
 # -- canary ----------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import orjson
 import pytest
 
 from core.errors import ConfigError
-from core.judging import PAIRWISE, Calibration, version
+from core.judging import PAIRWISE, Calibration, JudgesConfig, version
 from core.judging.calibration import save
 from core.store import open_store
 from gateway.config import load_settings
+from gateway.judged import split
 from tests.conftest import RunningGateway
 from tests.fake_judge import FakeJudge, judged_answer, judged_reference
 from tests.fake_lorax import FakeLorax
@@ -329,3 +330,21 @@ def test_the_criterion_judging_shadow_pairs_is_flagged_until_calibrated(
 
     asyncio.run(store_it())
     assert start().metric("protege_judge_flagged", **labels) == 0
+
+
+def test_workers_split_the_judges_spending() -> None:
+    """Each of 4 workers may spend a quarter of the judge's rate and budget and of every
+    task's shadow rate (its concurrency rounded up, never 0); one worker spends it all."""
+    config = JudgesConfig.model_validate({
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1", "model": "judge-1"},
+        "max_calls_per_s": 5, "max_concurrency": 6,
+        "budget": {"calls": 2001, "tokens": 1000, "gateway_period_s": 60},
+        "tasks": {"a": {"pairwise": True, "shadow_max_per_s": 2}, "b": {"shadow_max_per_s": 8}},
+    })  # fmt: skip
+    assert split(config, 1.0) is config
+    quarter = split(config, 0.25)
+    assert (quarter.max_calls_per_s, quarter.max_concurrency) == (1.25, 2)
+    assert (quarter.budget.calls, quarter.budget.tokens) == (500, 250)
+    assert quarter.budget.gateway_period_s == 60
+    assert [t.shadow_max_per_s for t in quarter.tasks.values()] == [0.5, 2.0]
+    assert quarter.tasks["a"].pairwise and split(config, 1 / 8).max_concurrency == 1
