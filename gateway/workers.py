@@ -37,6 +37,7 @@ import ctypes
 import math
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -68,7 +69,7 @@ _MIN_SPOOL_BYTES: Final = 64 * 1024  # SpoolConfig.max_bytes's own floor
 _RESTART_BASE_S: Final = 0.5
 _RESTART_MAX_S: Final = 30.0
 _STABLE_S: Final = 30.0  # a worker that lived this long died of something new: no backoff
-_POLL_S: Final = 0.1
+_IDLE_WAKE_S: Final = 5.0  # the parent looks at its workers at least this often
 _STOP_WAIT_S: Final = 75.0  # uvicorn's 30 s for connections, then the spools' close
 
 
@@ -177,23 +178,40 @@ class Supervisor:
         def stop(_signum: int, _frame: FrameType | None) -> None:
             self._stopping = True
 
-        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Asleep until a signal comes (a worker's SIGCHLD, SIGTERM, SIGINT: each writes a byte
+        # to the wake-up pipe) or a restart is due: an idle parent costs no CPU.
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        handlers = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGCHLD: _noticed}
+        previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+        previous_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         try:
             for slot in self._slots:
                 self._start(slot, restarted=False)
             log.info("gateway workers started", workers=len(self._slots),
                      pids=[s.proc.pid for s in self._slots if s.proc])  # fmt: skip
             while not self._stopping:
-                self._tick(time.monotonic())
-                time.sleep(_POLL_S)
+                now = time.monotonic()
+                self._tick(now)
+                select.select([wake_r], [], [], self._idle_s(now))
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
             return self._stop_all()
         finally:
+            signal.set_wakeup_fd(previous_fd)
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            os.close(wake_r)
+            os.close(wake_w)
 
     @property
     def pids(self) -> list[int | None]:
         return [s.proc.pid if s.proc else None for s in self._slots]
+
+    def _idle_s(self, now: float) -> float:
+        """Seconds the parent may sleep: until the next restart that is due, at most
+        ``_IDLE_WAKE_S`` (a worker's death also wakes it, by SIGCHLD)."""
+        due = [s.restart_at - now for s in self._slots if s.restart_at is not None]
+        return max(0.0, min([_IDLE_WAKE_S, *due]))
 
     def _start(self, slot: _Slot, restarted: bool) -> None:
         argv = list(self._command(slot.index, restarted))
@@ -256,6 +274,10 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, str(self._metrics))  # type: ignore[no-untyped-call]
+
+
+def _noticed(_signum: int, _frame: FrameType | None) -> None:
+    """SIGCHLD: nothing to do here; the wake-up pipe woke the parent, which polls its workers."""
 
 
 def run_workers(settings: GatewaySettings, count: int, config: str | None) -> int:
