@@ -1,5 +1,8 @@
--- wrk script of the overhead benchmark: POST the JSON body in the file named by $WRK_BODY_FILE,
--- then print one parseable summary line (latencies in microseconds) for gateway_overhead.py.
+-- wrk script of the gateway benchmarks: POST the JSON body in the file named by $WRK_BODY_FILE,
+-- then print one parseable summary line (latencies in microseconds) for wrk_runner.py.
+-- With $WRK_PACE_MS, each connection waits a random time (exponential, that mean, in whole
+-- milliseconds as wrk counts them) before each request: a paced load below saturation
+-- instead of as many requests as the server can answer.
 
 local file = assert(io.open(assert(os.getenv("WRK_BODY_FILE"), "WRK_BODY_FILE is not set"), "rb"))
 wrk.method = "POST"
@@ -7,6 +10,21 @@ wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-client"
+
+local pace = tonumber(os.getenv("WRK_PACE_MS") or "")
+if pace then
+  function setup(thread)
+    thread:set("seed", math.random(1, 2 ^ 30))
+  end
+
+  function init(args)
+    math.randomseed(seed or os.time())
+  end
+
+  function delay()
+    return math.floor(-pace * math.log(1 - math.random()) + 0.5)
+  end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

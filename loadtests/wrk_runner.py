@@ -65,10 +65,19 @@ def parse(stdout: str) -> WrkResult:
     )
 
 
-def run(url: str, body_file: Path, connections: int, duration_s: float, core: int) -> WrkResult:
+def run(
+    url: str,
+    body_file: Path,
+    connections: int,
+    duration_s: float,
+    core: int,
+    rate: float | None = None,
+) -> WrkResult:
     """POST ``body_file`` to ``url`` over ``connections`` keep-alive connections for a while.
 
     One wrk thread, pinned to ``core``: the client shares that core with the fake upstream.
+    ``rate``: requests a second, about (paced: each connection waits a random time between a
+    response and its next request); None: as many as the server answers (closed loop).
     """
     binary = wrk_binary()
     if binary is None:
@@ -86,6 +95,8 @@ def run(url: str, body_file: Path, connections: int, duration_s: float, core: in
         url,
     ]
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
+    if rate is not None:
+        env["WRK_PACE_MS"] = f"{connections / rate * 1000:.3f}"
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
