@@ -132,6 +132,32 @@ def test_ci_values_render_valid_kubernetes_objects(
                 pytest.fail(f"{obj['kind']} {obj['metadata']['name']} ({version}): {where}: {exc}")
 
 
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_protege_containers_run_as_10001_on_a_read_only_root(
+    chart: helm_python.Chart, values_file: Path
+) -> None:
+    """Every container of Protégé's images (LoRAX's is its own) runs as user 10001 without
+    privileges on a read-only root, with /tmp a volume of its own — the autopilot's Job
+    template included."""
+    objects = render(chart, ci_values(values_file.name))
+    pods = [pod_spec(o) for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")]
+    if of_kind(objects, "ConfigMap", "autopilot"):
+        job = yaml.safe_load(only(objects, "ConfigMap", "autopilot")["data"]["job.yaml"])
+        pods.append(pod_spec(job))
+    ours = [(pod, c) for pod in pods for c in pod["containers"] if c["name"] != "lorax"]
+    assert ours
+    for pod, c in ours:
+        assert pod["securityContext"]["runAsUser"] == 10001, c["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, c["name"]
+        context = c["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, c["name"]
+        assert context["allowPrivilegeEscalation"] is False, c["name"]
+        assert context["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]], c["name"]
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_rendered_config_loads_in_every_service(
     chart: helm_python.Chart, values_file: Path, tmp_path: Path

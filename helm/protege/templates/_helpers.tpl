@@ -349,12 +349,18 @@ containers:
     resources:
       {{- . | nindent 6 }}
     {{- end }}
+    {{- with $t.securityContext }}
+    securityContext:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
     volumeMounts:
       - name: config
         mountPath: /etc/protege
         readOnly: true
       - name: work
         mountPath: /work
+      - name: tmp
+        mountPath: /tmp
       {{- if $t.modelVolume }}
       - name: models
         mountPath: /models
@@ -371,6 +377,9 @@ volumes:
   - name: work
     emptyDir:
       sizeLimit: {{ $t.workSizeLimit }}
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ $t.tmpSizeLimit }}
   {{- with $t.modelVolume }}
   - name: models
     {{- toYaml . | nindent 4 }}
