@@ -93,14 +93,7 @@ class Gateway:
         keys = KeyCheck(k.get_secret_value() for k in settings.api_keys)
         salt = settings.hash_salt.get_secret_value().encode()
         intake = Intake(keys, routes, labels, salt, settings.max_body_bytes)
-        fb_config = settings.spool.model_copy(update={"dir": feedback_spool(settings.spool.dir)})
-        fb_spool: SpoolWriter[Feedback] = SpoolWriter(
-            fb_config, FeedbackEncoder(redactor), metrics.feedback_spool, strict=True
-        )
-        feedback = FeedbackDesk(
-            settings.feedback, keys=keys, salt=salt, max_body_bytes=settings.max_body_bytes,
-            spool=fb_spool, store_uri=settings.store, metrics=metrics, task_labels=labels,
-        )  # fmt: skip
+        feedback, fb_spool = _feedback_desk(settings, keys, salt, redactor, metrics, labels)
         proxy = Proxy(Capture(spool, metrics, settings.logging.access_log), metrics)
         store = open_store(settings.store)
         background = Background()
@@ -199,6 +192,27 @@ class Gateway:
         if self.settings.spool.on_full == "reject" and self.spool.full:
             raise ServiceUnavailable("the capture spool is full; try again shortly")
         return await self.dispatch.answer(inc)
+
+
+def _feedback_desk(
+    settings: GatewaySettings,
+    keys: KeyCheck,
+    salt: bytes,
+    redactor: Redactor,
+    metrics: Metrics,
+    labels: TaskLabels,
+) -> tuple[FeedbackDesk, SpoolWriter[Feedback]]:
+    """The feedback endpoint and its spool (``<spool.dir>/feedback/``, strict: a row the
+    client was told is kept is written, or the request fails)."""
+    config = settings.spool.model_copy(update={"dir": feedback_spool(settings.spool.dir)})
+    spool: SpoolWriter[Feedback] = SpoolWriter(
+        config, FeedbackEncoder(redactor), metrics.feedback_spool, strict=True
+    )
+    desk = FeedbackDesk(
+        settings.feedback, keys=keys, salt=salt, max_body_bytes=settings.max_body_bytes,
+        spool=spool, store_uri=settings.store, metrics=metrics, task_labels=labels,
+    )  # fmt: skip
+    return desk, spool
 
 
 def create_app(
